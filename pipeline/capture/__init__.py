@@ -1,0 +1,1 @@
+"""Capture stage: one fetcher per kind of target."""

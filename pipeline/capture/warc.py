@@ -1,0 +1,516 @@
+"""WARC 1.1 writer: one gzip member per record, SHA-256 Base16 digests, bodies streamed in one pass.
+
+Headers are modelled and serialised with warcio's `StatusAndHeaders`, so the bytes match what warcio's
+own reader parses. The gzip members are framed here rather than by `warcio.warcwriter.WARCWriter`
+because that writer (1.7.x-1.8.x) always compresses at level 9 and gets block digests either from the
+caller or by reading the record's stream a second time, while we need a per-record level and a single
+pass over bodies of up to a few GiB.
+
+Single pass, yet the block digest sits in the header *before* the block: each member is laid out as
+
+    gzip header | deflate(header up to 'WARC-Block-Digest: sha256:') | stored block(64 hex digits)
+                | deflate(rest of header, HTTP header block, body, CRLF CRLF) | CRC-32 | ISIZE
+
+The 64 hex digits are written as zeros, then overwritten in place once the body has been streamed; a
+stored (uncompressed) deflate block keeps their position and size fixed. The CRC-32 of the member is
+assembled from the CRC of the patched prefix and the CRC of the streamed part (`_crc32_combine`).
+Every member is an ordinary gzip member, so the file is a standard concatenated-gzip `.warc.gz`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import os
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from warcio.statusandheaders import StatusAndHeaders, StatusAndHeadersParser
+
+WARC_VERSION = "WARC/1.1"
+WARC_FORMAT = "WARC File Format 1.1"
+WARC_CONFORMS_TO = "http://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/"
+CHUNK_SIZE = 1 << 20
+ORIG_TRANSFER_ENCODING = "X-Archive-Orig-Transfer-Encoding"
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RECORD_ID_RE = re.compile(r"<[^<>\s]+>")
+_SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
+_STATUS_LINE_RE = re.compile(r"(HTTP/\d(?:\.\d)?) (\d{3}(?: [^\r\n]*)?)")
+_NO_CONTROLS_RE = re.compile(r"[^\x00-\x20\x7f]+")
+_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
+
+_PLACEHOLDER = b"0" * 64
+_CRLF2 = b"\r\n\r\n"  # ends the WARC header block, and follows every record block
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Where a record landed: enough to cite it (CDX-style offset/length) or to re-read it."""
+
+    record_id: str
+    record_type: str
+    target_uri: str
+    offset: int
+    length: int
+
+
+class WarcFile:
+    """One gzip WARC 1.1 file, written to `<path>.part` and renamed to `path` only by `close()`.
+
+    The first record is a `warcinfo`; every later record carries its id in `WARC-Warcinfo-ID`. Use as a
+    context manager: a clean exit closes (fsync + rename), an exception aborts (the `.part` is removed),
+    so no crash ever leaves a half-written file under a finished WARC's name. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        software: str,
+        info: dict[str, str] | None = None,
+        record_id_factory: Callable[[], str] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """Create `<path>.part` and write the warcinfo record.
+
+        `software` names the producer and its version (e.g. ``preserve-pipeline/0.1.0``); `info` adds or
+        overrides warcinfo fields (`format` and `conformsTo` default to WARC 1.1). Refuses to start if
+        `path` or `<path>.part` exists: the first is finished evidence, the second another (or a crashed)
+        writer's.
+        """
+        if not software.strip():
+            raise ValueError("software must name the producing software and its version")
+        self.path = Path(path)
+        self.part_path = self.path.with_name(self.path.name + ".part")
+        if self.path.exists():
+            raise FileExistsError(f"refusing to overwrite finished WARC {self.path}")
+        self._new_id = record_id_factory or StatusAndHeadersParser.make_warc_id
+        self._clock = clock or _utc_now
+        self._warcinfo_id: str | None = None
+        self._state = "open"
+        # Kept open across calls (records are appended one by one); closed by close()/abort().
+        self._fh: BinaryIO = open(self.part_path, "xb")  # noqa: SIM115
+        try:
+            fields = {"software": software, "format": WARC_FORMAT, "conformsTo": WARC_CONFORMS_TO}
+            fields.update(info or {})
+            extra = [("WARC-Filename", self.path.name)]
+            self.warcinfo = self._write_fields_record("warcinfo", "", fields, None, extra)
+        except BaseException:
+            self.abort()
+            raise
+        self._warcinfo_id = self.warcinfo.record_id
+
+    # -- public record writers -------------------------------------------------------------------------
+
+    def write_request(
+        self,
+        uri: str,
+        *,
+        method: str,
+        request_target: str,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+        date: datetime | None = None,
+        concurrent_to: str | None = None,
+        http_version: str = "HTTP/1.1",
+    ) -> RecordRef:
+        """Write a `request` record: request line + headers as sent, and the (small, in-memory) body."""
+        if not _TOKEN_RE.fullmatch(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        if not _NO_CONTROLS_RE.fullmatch(request_target):
+            raise ValueError(f"invalid request target {request_target!r}")
+        if not re.fullmatch(r"HTTP/\d(?:\.\d)?", http_version):
+            raise ValueError(f"invalid HTTP version {http_version!r}")
+        head = StatusAndHeaders(f"{request_target} {http_version}", stored_http_headers(headers), protocol=method)
+        warc = self._start_headers("request", uri, date)
+        _add_link(warc, "WARC-Concurrent-To", concurrent_to)
+        warc.append(("Content-Type", "application/http; msgtype=request"))
+        warc.append(("WARC-Payload-Digest", "sha256:" + hashlib.sha256(body).hexdigest()))
+        return self._write_record(warc, _encode_http_head(head), io.BytesIO(body), len(body), 6)
+
+    def write_response(
+        self,
+        uri: str,
+        *,
+        status_line: str,
+        headers: list[tuple[str, str]],
+        body: BinaryIO,
+        body_length: int,
+        payload_sha256: str,
+        date: datetime | None = None,
+        ip_address: str | None = None,
+        concurrent_to: str | None = None,
+        compresslevel: int = 6,
+    ) -> RecordRef:
+        """Write a `response` record, streaming `body` (de-chunked, content-encoding kept) once.
+
+        `payload_sha256` is trusted as computed by the caller while downloading (it is not recomputed, so
+        the body is read only once); the block digest is computed here. `compresslevel` is per record:
+        pass 1 for media that are already compressed.
+        """
+        match = _STATUS_LINE_RE.fullmatch(status_line)
+        if not match:
+            raise ValueError(f"invalid HTTP status line {status_line!r}")
+        head = StatusAndHeaders(match.group(2), stored_http_headers(headers), protocol=match.group(1))
+        warc = self._start_headers("response", uri, date)
+        if ip_address is not None:
+            warc.append(("WARC-IP-Address", str(ipaddress.ip_address(ip_address))))
+        _add_link(warc, "WARC-Concurrent-To", concurrent_to)
+        warc.append(("Content-Type", "application/http; msgtype=response"))
+        warc.append(("WARC-Payload-Digest", "sha256:" + _check_sha256(payload_sha256)))
+        return self._write_record(warc, _encode_http_head(head), body, body_length, compresslevel)
+
+    def write_resource(
+        self,
+        uri: str,
+        *,
+        content_type: str,
+        body: BinaryIO,
+        body_length: int,
+        sha256: str,
+        date: datetime | None = None,
+        compresslevel: int = 6,
+    ) -> RecordRef:
+        """Write a `resource` record (no HTTP envelope, e.g. a yt-dlp download), streaming `body` once."""
+        _check_value("Content-Type", content_type)
+        warc = self._start_headers("resource", uri, date)
+        warc.append(("Content-Type", content_type))
+        warc.append(("WARC-Payload-Digest", "sha256:" + _check_sha256(sha256)))
+        return self._write_record(warc, b"", body, body_length, compresslevel)
+
+    def write_metadata(
+        self,
+        uri: str,
+        *,
+        fields: dict[str, str] | list[tuple[str, str]],
+        refers_to: str | None = None,
+        date: datetime | None = None,
+    ) -> RecordRef:
+        """Write a `metadata` record whose block is `application/warc-fields` (e.g. capture provenance)."""
+        extra: list[tuple[str, str]] = []
+        _add_link(extra, "WARC-Refers-To", refers_to)
+        return self._write_fields_record("metadata", uri, fields, date, extra)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    def close(self) -> Path:
+        """Make the file durable, then give it its final name: fsync file, rename, fsync directory."""
+        if self._state == "closed":
+            return self.path
+        self._ensure_open()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} appeared while writing; {self.part_path} kept")
+        os.replace(self.part_path, self.path)
+        _fsync_dir(self.path.parent)
+        self._state = "closed"
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the unfinished file. A no-op once closed: a finished WARC is never deleted here."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._fh.close()
+        self.part_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._state != "open":
+            raise ValueError(f"WARC file {self.path} is {self._state}")
+
+    def _start_headers(self, record_type: str, uri: str, date: datetime | None) -> list[tuple[str, str]]:
+        """WARC headers common to all records, in a stable order."""
+        record_id = self._new_id()
+        if not _RECORD_ID_RE.fullmatch(record_id):
+            raise ValueError(f"record_id_factory returned {record_id!r}, expected '<urn:...>'")
+        headers = [
+            ("WARC-Type", record_type),
+            ("WARC-Record-ID", record_id),
+            ("WARC-Date", warc_date(date if date is not None else self._clock())),
+        ]
+        if uri:
+            if not _NO_CONTROLS_RE.fullmatch(uri):
+                raise ValueError(f"target URI must not contain whitespace or controls: {uri!r}")
+            headers.append(("WARC-Target-URI", uri))
+        if self._warcinfo_id is not None:
+            headers.append(("WARC-Warcinfo-ID", self._warcinfo_id))
+        return headers
+
+    def _write_fields_record(
+        self,
+        record_type: str,
+        uri: str,
+        fields: dict[str, str] | list[tuple[str, str]],
+        date: datetime | None,
+        extra: list[tuple[str, str]],
+    ) -> RecordRef:
+        body = warc_fields(fields)
+        warc = self._start_headers(record_type, uri, date)
+        warc.extend(extra)
+        warc.append(("Content-Type", "application/warc-fields"))
+        return self._write_record(warc, b"", io.BytesIO(body), len(body), 6)
+
+    def _write_record(
+        self,
+        warc_headers: list[tuple[str, str]],
+        http_head: bytes,
+        body: BinaryIO,
+        body_length: int,
+        compresslevel: int,
+    ) -> RecordRef:
+        """Append one record as one gzip member (layout in the module docstring).
+
+        On any failure (short body, I/O error) the file is truncated back to where the record began, so
+        the WARC stays valid and further records can still be written.
+        """
+        self._ensure_open()
+        if not 0 <= compresslevel <= 9:
+            raise ValueError(f"compresslevel must be 0..9, not {compresslevel}")
+        if body_length < 0:
+            raise ValueError(f"body_length must be >= 0, not {body_length}")
+        for name, value in warc_headers:
+            _check_value(name, value)
+        headers = [
+            *warc_headers,
+            ("Content-Length", str(len(http_head) + body_length)),
+            ("WARC-Block-Digest", "sha256:" + _PLACEHOLDER.decode()),
+        ]
+        raw = StatusAndHeaders("", headers, protocol=WARC_VERSION).to_bytes(encoding="utf-8")
+        cut = len(raw) - len(_CRLF2) - len(_PLACEHOLDER)
+        assert raw[cut:] == _PLACEHOLDER + _CRLF2
+        prefix, suffix = raw[:cut], raw[cut + len(_PLACEHOLDER) :]
+
+        fh = self._fh
+        start = fh.tell()
+        try:
+            fh.write(_gzip_header(compresslevel))
+            first = zlib.compressobj(compresslevel, zlib.DEFLATED, -zlib.MAX_WBITS)
+            fh.write(first.compress(prefix) + first.flush(zlib.Z_SYNC_FLUSH))
+            digest_at = fh.tell() + 5  # after the stored block's 5-byte header
+            fh.write(_stored_block(_PLACEHOLDER))
+
+            tail = _DeflateTail(fh, compresslevel)
+            block = hashlib.sha256(http_head)
+            tail.write(suffix)
+            tail.write(http_head)
+            for chunk in _read_exactly(body, body_length):
+                block.update(chunk)
+                tail.write(chunk)
+            tail.write(_CRLF2)
+            tail.finish()
+
+            digest = block.hexdigest().encode("ascii")
+            crc = _crc32_combine(zlib.crc32(digest, zlib.crc32(prefix)), tail.crc, tail.size)
+            fh.write(struct.pack("<II", crc, (len(prefix) + len(digest) + tail.size) & 0xFFFFFFFF))
+            end = fh.tell()
+            fh.seek(digest_at)
+            fh.write(digest)
+            fh.seek(end)
+        except BaseException:
+            fh.seek(start)
+            fh.truncate()
+            raise
+        named = dict(warc_headers)
+        return RecordRef(
+            record_id=named["WARC-Record-ID"],
+            record_type=named["WARC-Type"],
+            target_uri=named.get("WARC-Target-URI", ""),
+            offset=start,
+            length=end - start,
+        )
+
+
+# -- helpers, public because callers and tests may want the same normalisation ----------------------------
+
+
+def stored_http_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """HTTP headers as they are stored: unchanged, except a `chunked` transfer coding.
+
+    The body is stored de-chunked, so a `Transfer-Encoding: chunked` header would make readers (warcio,
+    pywb, ...) try to de-chunk it again and corrupt or reject the payload. The original header is kept,
+    renamed to `X-Archive-Orig-Transfer-Encoding`; any other transfer codings (rare) stay in effect under
+    `Transfer-Encoding`.
+    """
+    stored: list[tuple[str, str]] = []
+    for name, value in headers:
+        if not _TOKEN_RE.fullmatch(name):
+            raise ValueError(f"invalid HTTP header name {name!r}")
+        _check_value(name, value)
+        if name.lower() == "transfer-encoding":
+            codings = [c.strip() for c in value.split(",") if c.strip()]
+            others = [c for c in codings if c.lower() != "chunked"]
+            if len(others) != len(codings):
+                stored.append((ORIG_TRANSFER_ENCODING, value))
+                if others:
+                    stored.append((name, ", ".join(others)))
+                continue
+        stored.append((name, value))
+    return stored
+
+
+def warc_fields(fields: dict[str, str] | list[tuple[str, str]]) -> bytes:
+    """Serialise `application/warc-fields` (UTF-8 `name: value` lines), as used by warcinfo/metadata."""
+    items = fields.items() if isinstance(fields, dict) else fields
+    lines = []
+    for name, value in items:
+        if not _TOKEN_RE.fullmatch(name):
+            raise ValueError(f"invalid warc-fields name {name!r}")
+        _check_value(name, str(value))
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("utf-8")
+
+
+def warc_date(when: datetime) -> str:
+    """`WARC-Date` value: UTC with microseconds (WARC 1.1 allows fractional seconds)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("WARC dates need a timezone-aware datetime (naive ones are ambiguous)")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- private helpers --------------------------------------------------------------------------------------
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_value(name: str, value: str) -> None:
+    """Reject CR/LF/NUL in header values: they would let a value end the header block early."""
+    if _BAD_VALUE_RE.search(value):
+        raise ValueError(f"header {name!r} has a CR, LF or NUL in its value: {value!r}")
+
+
+def _check_sha256(hexdigest: str) -> str:
+    lowered = hexdigest.lower()
+    if not _SHA256_HEX_RE.fullmatch(lowered):
+        raise ValueError(f"expected a SHA-256 as 64 hex digits, got {hexdigest!r}")
+    return lowered
+
+
+def _add_link(headers: list[tuple[str, str]], name: str, record_id: str | None) -> None:
+    if record_id is None:
+        return
+    if not _RECORD_ID_RE.fullmatch(record_id):
+        raise ValueError(f"{name} must be a record id like '<urn:uuid:...>', not {record_id!r}")
+    headers.append((name, record_id))
+
+
+def _encode_http_head(head: StatusAndHeaders) -> bytes:
+    """HTTP header block bytes: Latin-1 gives back the wire bytes (http.client decodes headers as
+    Latin-1); anything beyond it falls back to warcio's RFC 8187 percent-encoding."""
+    try:
+        return head.to_bytes(encoding="latin-1")
+    except UnicodeEncodeError:
+        return head.to_ascii_bytes()
+
+
+def _read_exactly(body: BinaryIO, length: int) -> Iterable[bytes]:
+    """Yield `length` bytes of `body` in chunks of at most CHUNK_SIZE; fail if it is shorter or longer,
+    because the WARC Content-Length was already written from `length`."""
+    remaining = length
+    while remaining:
+        chunk = body.read(min(CHUNK_SIZE, remaining))
+        if not chunk:
+            raise ValueError(f"body ended {remaining} bytes before body_length={length}")
+        remaining -= len(chunk)
+        yield chunk
+    if body.read(1):
+        raise ValueError(f"body is longer than body_length={length}")
+
+
+def _gzip_header(level: int) -> bytes:
+    """RFC 1952 member header: deflate, no name, mtime 0 (reproducible), OS unknown."""
+    xfl = 2 if level == 9 else 4 if level == 1 else 0
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes((xfl, 255))
+
+
+def _stored_block(data: bytes) -> bytes:
+    """A non-final stored deflate block (RFC 1951 3.2.4): its bytes sit verbatim in the file."""
+    assert len(data) <= 0xFFFF
+    return struct.pack("<BHH", 0, len(data), len(data) ^ 0xFFFF) + data
+
+
+class _DeflateTail:
+    """Raw deflate stream written straight to the file, tracking CRC-32 and length of its input."""
+
+    def __init__(self, out: BinaryIO, level: int) -> None:
+        self._out = out
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self._out.write(self._compressor.compress(data))
+
+    def finish(self) -> None:
+        self._out.write(self._compressor.flush(zlib.Z_FINISH))
+
+
+_CRC32_POLY = 0xEDB88320  # CRC-32 (gzip) polynomial, bit-reflected: bit 31 is x^0, bit 0 is x^31
+
+
+def _gf2_mulmod(a: int, b: int) -> int:
+    """Product of two polynomials modulo the CRC-32 polynomial, in the bit-reflected representation."""
+    product = 0
+    mask = 1 << 31
+    while mask:
+        if a & mask:
+            product ^= b
+        b = (b >> 1) ^ _CRC32_POLY if b & 1 else b >> 1  # b *= x
+        mask >>= 1
+    return product
+
+
+def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc(A), crc(B) and len(B): crc(A)·x^(8·len B) + crc(B) mod P.
+
+    Python's zlib has no crc32_combine; we need it because the digest (in A) is known only after B
+    was streamed. Square-and-multiply makes this O(log len B).
+    """
+    power = 1 << 31  # x^0
+    square = 1 << 30  # x^1
+    exponent = 8 * len2
+    while exponent:
+        if exponent & 1:
+            power = _gf2_mulmod(power, square)
+        square = _gf2_mulmod(square, square)
+        exponent >>= 1
+    return _gf2_mulmod(power, crc1) ^ crc2
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (the directory entry), not only the file's data."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

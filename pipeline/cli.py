@@ -1,0 +1,142 @@
+"""The `preserve` command: one subcommand per stage, plus `run` for a batch over a config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.config import ConfigError, LoadedConfig, load_config
+from pipeline.records import Target, to_json
+from pipeline.run import NOT_YET, LinkListing, list_links, new_run_id, write_targets
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="preserve", description="Preserve the evidence that documents cite.")
+    parser.add_argument("--version", action="version", version=f"preserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    links = sub.add_parser("links", help="list every link of documents, unwrapped, classified and deduplicated")
+    links.add_argument("documents", nargs="*", type=Path, metavar="DOC", help="documents (default: the config's)")
+    links.add_argument("--config", type=Path, help="run config (YAML)")
+    links.add_argument("--base-url", help="base URL for relative links (overrides config and front matter)")
+    links.add_argument("--format", choices=("table", "jsonl"), default="table")
+
+    run = sub.add_parser("run", help="a batch run over the documents of a config")
+    run.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    run.add_argument("--only", action="append", default=[], metavar="DOC", help="only this document (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        if args.command == "links":
+            return _links(args)
+        if args.command == "run":
+            return _run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser.error(f"unknown command {args.command}")  # pragma: no cover
+    return EXIT_USAGE  # pragma: no cover
+
+
+def _documents(args: argparse.Namespace, loaded: LoadedConfig) -> list[Path] | None:
+    if args.documents:
+        return list(args.documents)
+    paths = [path for path, _ in loaded.document_paths()]
+    if not paths:
+        print("error: no documents given and the config names none", file=sys.stderr)
+        return None
+    return paths
+
+
+def _links(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    paths = _documents(args, loaded)
+    if paths is None:
+        return EXIT_USAGE
+    listing = list_links(paths, loaded, args.base_url)
+    if args.format == "jsonl":
+        out = sys.stdout
+        for target in listing.targets:
+            out.write(json.dumps(to_json(target), ensure_ascii=False) + "\n")
+    else:
+        _print_table(listing.targets, Console())
+    return _report_problems(listing)
+
+
+def _report_problems(listing: LinkListing, stream: TextIO | None = None) -> int:
+    stream = stream or sys.stderr
+    for warning in listing.warnings:
+        print(f"warning: {warning}", file=stream)
+    for error in listing.errors:
+        print(f"error: {error}", file=stream)
+    return EXIT_FAILED if listing.errors else EXIT_OK
+
+
+def _print_table(targets: Sequence[Target], console: Console) -> None:
+    table = Table(title=f"{len(targets)} targets", show_lines=False, expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("url (to fetch)", overflow="fold", ratio=3)
+    table.add_column("found at", overflow="fold", ratio=2)
+    table.add_column("via / flags", overflow="fold", ratio=1)
+    for number, target in enumerate(targets, 1):
+        found = "\n".join(f"{link.source}:{link.location}" for link in target.links[:5])
+        if len(target.links) > 5:
+            found += f"\n(+{len(target.links) - 5} more)"
+        notes = [hop.rule for hop in target.hops] + list(target.flags)
+        if "lat" in target.details:
+            notes.append(f"{target.details['lat']},{target.details['lon']}")
+        table.add_row(str(number), target.kind, target.url, found, " ".join(notes))
+    console.print(table)
+
+
+def _run(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    paths = [path for path, _ in loaded.document_paths()]
+    if args.only:
+        wanted = {Path(p).resolve() for p in args.only}
+        paths = [p for p in paths if p.resolve() in wanted]
+        missing = wanted - {p.resolve() for p in paths}
+        if missing:
+            print(f"error: not a document of {args.config}: {', '.join(sorted(map(str, missing)))}", file=sys.stderr)
+            return EXIT_USAGE
+    if not paths:
+        print(f"error: {args.config}: the config names no documents", file=sys.stderr)
+        return EXIT_USAGE
+    console = Console(stderr=True)
+    console.print(f"[bold]note:[/bold] {NOT_YET}")
+    listing = list_links(paths, loaded)
+    run_id = new_run_id()
+    out = loaded.output_path(loaded.config.output.runs_dir) / run_id / "targets.jsonl"
+    write_targets(out, listing.targets)
+    _print_table(listing.targets, Console())
+    kinds: dict[str, int] = {}
+    for target in listing.targets:
+        kinds[target.kind] = kinds.get(target.kind, 0) + 1
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    console.print(
+        f"run {run_id}: {len(listing.results)} documents, {sum(len(r.links) for r in listing.results)} links, "
+        f"{len(listing.targets)} targets ({summary}); written to {out}"
+    )
+    return _report_problems(listing)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

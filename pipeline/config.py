@@ -1,0 +1,166 @@
+"""Run configuration: YAML validated by pydantic, errors as one line naming the file and the key."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
+
+from pipeline.extract import DEFAULT_WIKI_BASE, DocumentSettings
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message is one line naming the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DocumentSource(_Strict):
+    """Where documents come from: one file (`path`) or a glob of files (`glob`), relative to the config's project."""
+
+    path: str | None = None
+    glob: str | None = None
+    base_url: HttpUrl | None = None
+    wiki_base: HttpUrl | None = None
+    format: Literal["auto", "markdown", "html", "text"] = "auto"
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of_path_or_glob(self) -> DocumentSource:
+        if (self.path is None) == (self.glob is None):
+            raise ValueError("give exactly one of 'path' or 'glob'")
+        return self
+
+
+class BaseUrlRule(_Strict):
+    """Base URL for documents whose path matches a glob (first match wins)."""
+
+    match: str
+    base_url: HttpUrl
+
+
+class Output(_Strict):
+    state_dir: str = "state"
+    runs_dir: str = "runs"
+    manifests_dir: str = "archive_manifests"
+    store_dir: str = "store"
+
+
+class Config(_Strict):
+    documents: list[DocumentSource] = Field(default_factory=list)
+    base_urls: list[BaseUrlRule] = Field(default_factory=list)
+    base_url: HttpUrl | None = None
+    wiki_base: HttpUrl = HttpUrl(DEFAULT_WIKI_BASE)
+    output: Output = Field(default_factory=Output)
+
+    @field_validator("wiki_base")
+    @classmethod
+    def _wiki_base_ends_with_slash(cls, value: HttpUrl) -> HttpUrl:
+        if not str(value).endswith("/"):
+            raise ValueError("must end with '/', e.g. https://en.wikipedia.org/wiki/")
+        return value
+
+
+class LoadedConfig:
+    """A validated config with the directory its relative paths are taken from."""
+
+    def __init__(self, config: Config, path: Path | None, root: Path, digest: str) -> None:
+        self.config = config
+        self.path = path
+        self.root = root
+        self.digest = digest
+
+    def document_paths(self) -> list[tuple[Path, DocumentSource]]:
+        """Every document the config names, in config order, without duplicates."""
+        found: dict[Path, DocumentSource] = {}
+        for source in self.config.documents:
+            if source.path is not None:
+                found.setdefault(self.root / source.path, source)
+            else:
+                pattern = str(self.root / str(source.glob))
+                for name in sorted(glob.glob(pattern, recursive=True)):
+                    path = Path(name)
+                    if path.is_file() and path.name.lower() != "readme.md":
+                        found.setdefault(path, source)
+        return list(found.items())
+
+    def settings_for(self, path: Path, base_url: str | None = None) -> DocumentSettings:
+        """Settings for one document: command line, then its config entry, then glob rules, then defaults."""
+        cfg = self.config
+        entry = None
+        resolved = path.resolve()
+        for candidate, source in self.document_paths():
+            if candidate.resolve() == resolved:
+                entry = source
+                break
+        chosen: str | None = None
+        if entry is not None and entry.base_url is not None:
+            chosen = str(entry.base_url)
+        if chosen is None:
+            rel = _relative(resolved, self.root)
+            for rule in cfg.base_urls:
+                if fnmatch.fnmatch(rel, rule.match) or fnmatch.fnmatch(path.name, rule.match):
+                    chosen = str(rule.base_url)
+                    break
+        if chosen is None and cfg.base_url is not None:
+            chosen = str(cfg.base_url)
+        wiki = str(entry.wiki_base) if entry is not None and entry.wiki_base is not None else str(cfg.wiki_base)
+        return DocumentSettings(
+            base_url=base_url or chosen,
+            wiki_base=wiki,
+            format=entry.format if entry is not None else "auto",
+            base_url_is_override=base_url is not None,
+        )
+
+    def output_path(self, name: str) -> Path:
+        return self.root / name
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_config(path: Path | None) -> LoadedConfig:
+    """Load and validate a config file; None gives the built-in defaults (rooted at the working directory)."""
+    if path is None:
+        return LoadedConfig(Config(), None, Path.cwd(), hashlib.sha256(b"").hexdigest())
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+    root = path.resolve().parent
+    if root.name == "configs":  # configs/ lives in the project: paths are relative to the project
+        root = root.parent
+    return LoadedConfig(config, path, root, hashlib.sha256(raw).hexdigest())
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{key or '(top level)'}: {message}{more}"

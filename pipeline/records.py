@@ -1,0 +1,130 @@
+"""Records that cross stage boundaries.
+
+Plain frozen dataclasses, serialisable to JSON with :func:`to_json`, so any stage can be run alone on
+another stage's output (and the `--format jsonl` contract is simply these records).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Link:
+    """One reference to a resource, exactly as a document wrote it.
+
+    `href` is the text as written (for a wiki link, the page title). `url` is that href made absolute
+    (against the base URL or the wiki), or None when it could not be (see `flags`).
+    """
+
+    source: str
+    href: str
+    url: str | None
+    text: str = ""
+    line: int | None = None
+    column: int | None = None
+    key_path: str | None = None
+    syntax: str = "inline"
+    flags: tuple[str, ...] = ()
+
+    @property
+    def location(self) -> str:
+        """`line:column` in the document body, or the front-matter key path."""
+        if self.key_path is not None:
+            return self.key_path
+        if self.line is None:
+            return "?"
+        return f"{self.line}:{self.column if self.column is not None else 1}"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One unwrapping step: the rule that fired and the URL it produced."""
+
+    rule: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resource to preserve: one per canonical URL, with every Link that points to it."""
+
+    url: str
+    canonical: str
+    kind: str
+    hops: tuple[Hop, ...] = ()
+    links: tuple[Link, ...] = ()
+    flags: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fetchable(self) -> bool:
+        return "unresolved-relative" not in self.flags
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(link.source for link in self.links))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A link that is reported but never becomes a Target (javascript:, file:, mailto:, ...)."""
+
+    link: Link
+    reason: str
+
+
+def to_json(record: Any) -> Any:
+    """A JSON-ready structure of a record, including the derived `location`/`fetchable` fields."""
+    if isinstance(record, Link):
+        data = dataclasses.asdict(record)
+        data["flags"] = list(record.flags)
+        data["location"] = record.location
+        return data
+    if isinstance(record, Target):
+        return {
+            "url": record.url,
+            "canonical": record.canonical,
+            "kind": record.kind,
+            "fetchable": record.fetchable,
+            "flags": list(record.flags),
+            "hops": [dataclasses.asdict(h) for h in record.hops],
+            "details": record.details,
+            "links": [to_json(link) for link in record.links],
+        }
+    if isinstance(record, Rejected):
+        return {"link": to_json(record.link), "reason": record.reason}
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {k: to_json(v) for k, v in dataclasses.asdict(record).items()}
+    if isinstance(record, (list, tuple)):
+        return [to_json(v) for v in record]
+    return record
+
+
+def link_from_json(data: dict[str, Any]) -> Link:
+    return Link(
+        source=data["source"],
+        href=data["href"],
+        url=data.get("url"),
+        text=data.get("text", ""),
+        line=data.get("line"),
+        column=data.get("column"),
+        key_path=data.get("key_path"),
+        syntax=data.get("syntax", "inline"),
+        flags=tuple(data.get("flags", ())),
+    )
+
+
+def target_from_json(data: dict[str, Any]) -> Target:
+    """Read back a Target from a `preserve links --format jsonl` line."""
+    return Target(
+        url=data["url"],
+        canonical=data["canonical"],
+        kind=data["kind"],
+        hops=tuple(Hop(h["rule"], h["url"]) for h in data.get("hops", ())),
+        links=tuple(link_from_json(link) for link in data.get("links", ())),
+        flags=tuple(data.get("flags", ())),
+        details=dict(data.get("details", {})),
+    )

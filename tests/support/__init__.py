@@ -1,0 +1,1 @@
+"""Shared test support: a real local HTTP site and the pytest fixtures that expose it."""

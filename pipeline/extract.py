@@ -432,6 +432,9 @@ class _Emitter:
             elif child.type == "html_inline":
                 tag_at = self._find(child.content, cursor, end)
                 found = self.html(child.content, tag_at if tag_at is not None else cursor)
+                if re.match(r"<a\s", child.content, re.I):
+                    label = _text_until_closing_a(children[i + 1 :])
+                    found = [replace(link, text=label) if link.syntax == "html-a" else link for link in found]
                 if tag_at is not None:
                     cursor = tag_at + len(child.content)
                 links.extend(found)
@@ -573,6 +576,16 @@ class _Emitter:
         for match in _WIKI_FILE_TOKEN.finditer(value):
             name = match.group(1)
             links.append(self.link(name, text=name, key_path=path, syntax="wiki-file", url=wiki_file_url(name, wiki)))
+
+
+def _text_until_closing_a(children: list[Token]) -> str:
+    """The text of an inline `<a>` written as raw HTML inside Markdown."""
+    parts = []
+    for child in children:
+        if child.type == "html_inline" and re.match(r"</a\s*>", child.content, re.I):
+            break
+        parts.append(child.content)
+    return " ".join("".join(parts).split())
 
 
 def _strip_trailing(url: str) -> str:

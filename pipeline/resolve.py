@@ -170,7 +170,7 @@ def unwrap_once(url: str) -> tuple[str, str, bool] | None:
                 continue
             value = pairs[index][1]
             ambiguous = False
-            looks_like_url = re.match(r"^https?(?::|%3A)", value, re.I)
+            looks_like_url = re.match(r"^https?(?::|%3A|%253A)", value, re.I)
             if not looks_like_url:
                 continue
             first = decode_once(value)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 from warcio.cli import main as warcio_main
+from warcio.statusandheaders import StatusAndHeaders
 
 from pipeline.capture.warc import (
     CHUNK_SIZE,
@@ -231,13 +232,31 @@ def test_gnu_gzip_accepts_the_file(written: dict) -> None:
     subprocess.run(["gzip", "-t", str(written["path"])], check=True)
 
 
+@dataclass
+class ReadRecord:
+    rec_headers: StatusAndHeaders
+    http_headers: StatusAndHeaders | None
+    payload: bytes
+
+
+def _read(path: Path, decode: bool) -> list[ReadRecord]:
+    """Records as warcio reads them: payload as stored, or decoded (de-chunked, content-decoded)."""
+    with path.open("rb") as fh:
+        return [
+            ReadRecord(
+                record.rec_headers,
+                record.http_headers,
+                (record.content_stream() if decode else record.raw_stream).read(),
+            )
+            for record in ArchiveIterator(fh)
+        ]
+
+
 def test_read_back_with_archive_iterator(written: dict) -> None:
-    with written["path"].open("rb") as fh:
-        records = []
-        for record in ArchiveIterator(fh):
-            raw = record.raw_stream.read()
-            decoded = record.content_stream().read() if record.http_headers else raw
-            records.append((record.rec_headers, record.http_headers, raw, decoded))
+    records = [
+        (raw.rec_headers, raw.http_headers, raw.payload, decoded.payload)
+        for raw, decoded in zip(_read(written["path"], False), _read(written["path"], True), strict=True)
+    ]
     refs: list[RecordRef] = written["refs"]
     assert len(records) == len(refs)
 

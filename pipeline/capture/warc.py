@@ -211,6 +211,7 @@ class WarcFile:
         os.fsync(self._fh.fileno())
         self._fh.close()
         if self.path.exists():
+            self._state = "failed"
             raise FileExistsError(f"{self.path} appeared while writing; {self.part_path} kept")
         os.replace(self.part_path, self.path)
         _fsync_dir(self.path.parent)
@@ -219,11 +220,13 @@ class WarcFile:
 
     def abort(self) -> None:
         """Drop the unfinished file. A no-op once closed: a finished WARC is never deleted here."""
-        if self._state != "open":
+        if self._state not in ("open", "failed"):
             return
         self._state = "aborted"
-        self._fh.close()
-        self.part_path.unlink(missing_ok=True)
+        try:
+            self._fh.close()
+        finally:
+            self.part_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self
@@ -334,8 +337,11 @@ class WarcFile:
             fh.write(digest)
             fh.seek(end)
         except BaseException:
-            fh.seek(start)
-            fh.truncate()
+            try:
+                fh.seek(start)
+                fh.truncate()
+            except OSError:
+                self._state = "failed"  # the file can no longer be made valid: only abort() is left
             raise
         named = dict(warc_headers)
         return RecordRef(
@@ -435,10 +441,12 @@ def _read_exactly(body: BinaryIO, length: int) -> Iterable[bytes]:
     """Yield `length` bytes of `body` in chunks of at most CHUNK_SIZE; fail if it is shorter or longer,
     because the WARC Content-Length was already written from `length`."""
     remaining = length
-    while remaining:
+    while remaining > 0:
         chunk = body.read(min(CHUNK_SIZE, remaining))
         if not chunk:
             raise ValueError(f"body ended {remaining} bytes before body_length={length}")
+        if len(chunk) > remaining:
+            raise ValueError(f"body stream returned more than the {remaining} bytes asked for")
         remaining -= len(chunk)
         yield chunk
     if body.read(1):

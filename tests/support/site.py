@@ -119,12 +119,8 @@ PNG_BG = make_png(2, 2, (30, 30, 220))
 PDF_BYTES = make_pdf("Test report")
 PDF_FILENAME = "report.pdf"
 
-CSS_BYTES = (
-    b"body { background: #fff url(/img/bg.png) repeat; font-family: sans-serif; }\nh1 { color: #333; }\n"
-)
-JS_BYTES = (
-    b'document.addEventListener("DOMContentLoaded", function () { document.body.dataset.ready = "1"; });\n'
-)
+CSS_BYTES = b"body { background: #fff url(/img/bg.png) repeat; font-family: sans-serif; }\nh1 { color: #333; }\n"
+JS_BYTES = b'document.addEventListener("DOMContentLoaded", function () { document.body.dataset.ready = "1"; });\n'
 
 PAGE_TITLE = "Test page"
 PAGE_ASSETS = ("/img/a.png", "/css/site.css", "/js/app.js", "/doc.pdf", "/media/clip.mp4")
@@ -167,9 +163,7 @@ _VIDEO_PAGE_TEMPLATE = """<!DOCTYPE html>
 </html>
 """
 
-NOT_FOUND_HTML = (
-    b"<!DOCTYPE html>\n<html><head><title>Not found</title></head><body><h1>404</h1></body></html>\n"
-)
+NOT_FOUND_HTML = b"<!DOCTYPE html>\n<html><head><title>Not found</title></head><body><h1>404</h1></body></html>\n"
 FLAKY_BODY = b"flaky route recovered\n"
 RATELIMIT_BODY = b"rate limit lifted\n"
 
@@ -330,6 +324,7 @@ class SiteHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LocalSite/1.0"
     sys_version = ""
+    disable_nagle_algorithm = True  # headers and body go out in separate writes; avoid 40 ms ACK stalls
 
     server: _SiteServer
     route: str
@@ -506,9 +501,7 @@ class LocalSite:
     ``max_concurrency`` tell tests what the client under test really did.
     """
 
-    def __init__(
-        self, *, stall_seconds: float = 5.0, latency: float = 0.1, mp4_path: Path | None = None
-    ) -> None:
+    def __init__(self, *, stall_seconds: float = 5.0, latency: float = 0.1, mp4_path: Path | None = None) -> None:
         self.stall_seconds = stall_seconds
         """How long ``/stall`` pauses mid-body (``?seconds=`` overrides per request)."""
         self.latency = latency
@@ -755,9 +748,7 @@ def _video_page(h: SiteHandler) -> None:
 
 
 def _doc_pdf(h: SiteHandler) -> None:
-    h.respond(
-        200, PDF_BYTES, "application/pdf", {"Content-Disposition": f'attachment; filename="{PDF_FILENAME}"'}
-    )
+    h.respond(200, PDF_BYTES, "application/pdf", {"Content-Disposition": f'attachment; filename="{PDF_FILENAME}"'})
 
 
 def _redirect(h: SiteHandler) -> None:
@@ -767,9 +758,7 @@ def _redirect(h: SiteHandler) -> None:
         not_found(h)
         return
     hops = int(rest)
-    status, target = {1: (307, "/page.html"), 2: (301, "/redirect/1")}.get(
-        hops, (302, f"/redirect/{hops - 1}")
-    )
+    status, target = {1: (307, "/page.html"), 2: (301, "/redirect/1")}.get(hops, (302, f"/redirect/{hops - 1}"))
     body = f'<!DOCTYPE html>\n<html><body><a href="{target}">moved</a></body></html>\n'.encode()
     h.respond(status, body, headers={"Location": target})
 
@@ -824,9 +813,7 @@ def _chunked(h: SiteHandler) -> None:
 
 
 def _gzip(h: SiteHandler) -> None:
-    h.respond(
-        200, GZIP_BODY, "text/plain; charset=utf-8", {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-    )
+    h.respond(200, GZIP_BODY, "text/plain; charset=utf-8", {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
 
 
 def _chunked_gzip(h: SiteHandler) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, unquote_to_bytes, urlsplit, urlunsplit
+from functools import lru_cache
+from urllib.parse import SplitResult, unquote, unquote_to_bytes, urlsplit, urlunsplit
 
 from pipeline.records import Hop, Link, Rejected, Target
 
@@ -138,7 +139,20 @@ def decode_once(value: str) -> str:
     nothing is lost and the result is a URL that can be fetched as it stands.
     """
     raw = unquote_to_bytes(value)
-    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in b'"<>\\^`{|}' else f"%{b:02X}" for b in raw)
+    return _NOT_URI_BYTES.sub(lambda m: b"%%%02X" % m.group()[0], raw).decode("ascii")
+
+
+_NOT_URI_BYTES = re.compile(rb'[^\x21-\x7e]|["<>\\^`{|}]')
+
+
+@lru_cache(maxsize=16384)
+def _split(url: str) -> tuple[SplitResult, str] | None:
+    """urlsplit and the lower-case host, parsed once per URL (several steps ask), or None if invalid."""
+    try:
+        parts = urlsplit(url)
+        return parts, (parts.hostname or "").lower()
+    except ValueError:
+        return None
 
 
 def _query_pairs(query: str) -> list[tuple[str, str]]:
@@ -153,11 +167,10 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
 
 def unwrap_once(url: str) -> tuple[str, str, bool] | None:
     """One unwrapping step: (rule name, target URL, ambiguous), or None when `url` is no wrapper."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
+    split = _split(url)
+    if split is None:
         return None
+    parts, host = split
     if parts.scheme.lower() not in ("http", "https"):
         return None
     for rule in WRAPPERS:
@@ -185,7 +198,7 @@ def unwrap_once(url: str) -> tuple[str, str, bool] | None:
             target = decode_once(value)
             if re.match(r"^https?%3A", target, re.I):
                 target = decode_once(target)  # a second layer, only when the scheme is still encoded
-            if urlsplit(target).scheme.lower() not in ("http", "https"):
+            if not target.lower().startswith(("http://", "https://")):
                 continue
             return rule.name, target, ambiguous
     return None
@@ -226,11 +239,10 @@ def _normalise_escapes(component: str) -> str:
 
 def youtube_id(url: str) -> str | None:
     """The video id of any YouTube URL form (watch, shorts, embed, live, youtu.be), if it has one."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
+    split = _split(url)
+    if split is None:
         return None
+    parts, host = split
     candidate = None
     if host == "youtu.be":
         candidate = parts.path.strip("/").split("/")[0]
@@ -279,11 +291,10 @@ def _extension(path: str) -> str:
 
 def classify(url: str, syntaxes: Iterable[str] = ()) -> tuple[str, dict[str, object]]:
     """The kind of a target (video, image, document, audio, map, snapshot, page) and details of it."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
+    split = _split(url)
+    if split is None:
         return "page", {}
+    parts, host = split
     path = parts.path
     if _SNAPSHOT_HOSTS.fullmatch(host) or (host == "web.archive.org" and path.startswith("/web/")):
         return "snapshot", {}

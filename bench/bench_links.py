@@ -24,15 +24,16 @@ from pipeline.resolve import resolve
 
 
 def make_document(count: int, seed: int = 7) -> str:
-    """Paragraphs in the seeds' style: Google-wrapped links, relative images, bare URLs, map links."""
+    """Exactly `count` links in the seeds' style: Google-wrapped links, relative images, bare URLs, maps,
+    raw HTML and reference-style links (a citation and its definition count as two)."""
     rng = random.Random(seed)
     parts = []
-    for i in range(count):
-        pick = i % 5
-        video = "".join(
-            rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") for _ in range(11)
-        )
+    made = i = 0
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+    while made < count:
+        pick = i % 6 if count - made > 1 else i % 5
         if pick == 0:
+            video = "".join(rng.choice(alphabet) for _ in range(11))
             parts.append(
                 "A [video](https://www.google.com/url?q=https://www.youtube.com/watch"
                 f"?v%3D{video}&sa=D&ust=15384771353{i:05d}) documents the strike."
@@ -46,10 +47,13 @@ def make_document(count: int, seed: int = 7) -> str:
                 f"[The site](https://www.google.com/url?q=https://www.google.com/maps/place/36%25C2%25B012'33.5%2522N"
                 f"/@36.{i},36.5,179m/data%3D!3m1!1e3!8m2!3d36.{i}!4d36.5&sa=D&ust=1)"
             )
+        elif pick == 4:
+            parts.append(f'<a href="https://html{i % 13}.example/p/{i}">raw</a> is cited inline.')
         else:
-            parts.append(
-                f'<a href="https://html{i % 13}.example/p/{i}">raw</a> and [ref{i}][r{i}]\n\n[r{i}]: https://ref.example/{i}'
-            )
+            parts.append(f"See [ref{i}][r{i}].\n\n[r{i}]: https://ref.example/{i}")
+            made += 1
+        made += 1
+        i += 1
     return "\n\n".join(parts) + "\n"
 
 

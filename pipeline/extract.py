@@ -274,7 +274,7 @@ class _Emitter:
     def absolute(self, href: str) -> tuple[str | None, tuple[str, ...]]:
         """Make an href absolute against the base URL; a relative href with no base stays unresolved."""
         stripped = href.strip()
-        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", stripped):
+        if _HAS_SCHEME.match(stripped):
             return stripped, ()
         if stripped.startswith("#") or not stripped:
             return stripped, ()
@@ -346,11 +346,8 @@ class _Emitter:
         index = _ByteIndex(body, body_start)
         raw_body = index.data
         links: list[Link] = []
-        stack: list[tuple[markdown_it_pyrs.Node, list[markdown_it_pyrs.Node], int]] = [(tree, [], 0)]
-        while stack:
-            node, siblings, position = stack.pop()
-            children = node.children
-            stack.extend((children[i], children, i) for i in range(len(children) - 1, -1, -1))
+        nodes = list(tree.walk())  # pre-order, flattened in Rust: far cheaper than visiting children here
+        for position, node in enumerate(nodes):
             name = node.name
             if name not in _MD_NODES:
                 continue
@@ -392,7 +389,7 @@ class _Emitter:
                 content = str(meta.get("content", ""))
                 found = self.html(content, index.offset(start))
                 if name == "html_inline" and re.match(r"<a\s", content, re.I):
-                    label = _text_until_closing_a(siblings[position + 1 :])
+                    label = _text_until_closing_a(nodes[position + 1 : position + 256])
                     found = [replace(link, text=label) if link.syntax == "html-a" else link for link in found]
                 links.extend(found)
             elif name in ("fence", "code_block", "code_inline"):
@@ -408,7 +405,10 @@ class _Emitter:
 
     def from_markdown(self, href: str) -> str | None:
         """A destination as Markdown means it: entities and backslash escapes undone, spaces encoded."""
-        value = html.unescape(re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", href)).replace(" ", "%20")
+        value = _BACKSLASH_ESCAPE.sub(r"\1", href) if "\\" in href else href
+        if "&" in value:
+            value = html.unescape(value)
+        value = value.replace(" ", "%20")
         url, _ = self.absolute(value)
         return url
 
@@ -562,6 +562,9 @@ _MD_NODES = {
     "code_block",
     "code_inline",
 }
+_HAS_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+_BACKSLASH_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_DESTINATION = re.compile(r"\s*(<[^>\n]*>|\S+)")
 _SPAN_NODES = {"link", "image", "linkify", "autolink", "definition"}
 _UNSAFE_LINK = re.compile(
     r"\[([^\]\n]*)\]\(\s*<?((?:javascript|vbscript|file|data(?!:image/(?:gif|png|jpeg|webp);)):(?:[^\s()<>]|\([^\s()]*\))*)>?(?:\s+[\"'(][^)]*)?\s*\)",
@@ -610,7 +613,7 @@ def _destination(span: str, definition: bool = False) -> tuple[str | None, int |
             return None, None
         inner_start = at + 2
         inner = span[inner_start:-1]
-    match = re.match(r"\s*(<[^>\n]*>|\S+)", inner)
+    match = _DESTINATION.match(inner)
     if not match:
         return "", inner_start
     raw = match.group(1)
@@ -632,14 +635,15 @@ def _node_text(node: markdown_it_pyrs.Node) -> str:
     return " ".join("".join(parts).split())
 
 
-def _text_until_closing_a(siblings: list[markdown_it_pyrs.Node]) -> str:
-    """The text of an inline `<a>` written as raw HTML inside Markdown: its next siblings up to `</a>`."""
+def _text_until_closing_a(following: list[markdown_it_pyrs.Node]) -> str:
+    """The text of an inline `<a>` written as raw HTML inside Markdown: what follows it up to `</a>`."""
     parts = []
-    for sibling in siblings:
-        content = str(sibling.meta.get("content", ""))
-        if sibling.name == "html_inline" and re.match(r"</a\s*>", content, re.I):
-            break
-        parts.append(_node_text(sibling) if sibling.children else content)
+    for node in following:
+        if node.name == "html_inline":
+            if re.match(r"</a\s*>", str(node.meta.get("content", "")), re.I):
+                break
+        elif node.name in ("text", "code_inline", "text_special"):
+            parts.append(str(node.meta.get("content", "")))
     return " ".join("".join(parts).split())
 
 

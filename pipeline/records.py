@@ -7,6 +7,7 @@ another stage's output (and the `--format jsonl` contract is simply these record
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,3 +137,70 @@ def target_from_json(data: dict[str, Any]) -> Target:
         flags=tuple(data.get("flags", ())),
         details=dict(data.get("details", {})),
     )
+
+
+@dataclass(frozen=True)
+class CapturedFile:
+    """A file a capture produced, with digests computed while its bytes were written."""
+
+    path: str  # relative to the capture output directory (later: to the bag's data/)
+    size: int
+    sha256: str
+    sha512: str
+    media_type: str = "application/octet-stream"
+    role: str = "warc"  # warc | media | info-json | thumbnail | subtitle | other
+
+
+@dataclass(frozen=True)
+class WarcRecord:
+    """Where one WARC record of a capture is: enough to cite it or read it back."""
+
+    file: str  # relative path of the WARC file
+    record_id: str
+    record_type: str
+    target_uri: str
+    offset: int
+    length: int
+    http_status: int | None = None
+    payload_sha256: str | None = None
+    payload_sha512: str | None = None
+    payload_size: int | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """The outcome of capturing one Target: `ok`, `failed` (with `error`), or `skipped` (already held)."""
+
+    url: str
+    canonical: str
+    kind: str
+    fetcher: str  # http | media
+    outcome: str
+    started: str  # UTC, ISO 8601
+    ended: str
+    http_status: int | None = None
+    final_url: str | None = None
+    title: str | None = None
+    files: tuple[CapturedFile, ...] = ()
+    warc_records: tuple[WarcRecord, ...] = ()
+    tools: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = False
+    attempts: int = 1
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def capture_from_json(data: dict[str, Any]) -> Capture:
+    return Capture(
+        **{
+            **data,
+            "files": tuple(CapturedFile(**f) for f in data.get("files", ())),
+            "warc_records": tuple(WarcRecord(**r) for r in data.get("warc_records", ())),
+        }
+    )
+
+
+def target_key(canonical: str) -> str:
+    """A short stable id for a target, safe in file names: the first 16 hex digits of sha256(canonical)."""
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

@@ -53,12 +53,47 @@ class Output(_Strict):
     store_dir: str = "store"
 
 
+class CaptureSettings(_Strict):
+    """Limits and politeness for fetching. Defaults suit archiving public web pages from one machine."""
+
+    workers: int = Field(8, ge=1, le=256)
+    per_host_concurrency: int = Field(1, ge=1, le=64)
+    per_host_rate: float = Field(4.0, gt=0, description="maximum requests per second to one host")
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(4 * 1024**3, gt=0)
+    max_redirects: int = Field(10, ge=0, le=50)
+    retries: int = Field(3, ge=0, le=20)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(30.0, ge=0)
+    max_retry_after: float = Field(120.0, ge=0)
+    allow_private_addresses: bool = False
+    requisites: bool = True
+    max_requisites: int = Field(60, ge=0)
+    max_requisites_bytes: int = Field(50 * 1024**2, ge=0)
+    media: bool = True
+    media_in_warc: bool = False
+    media_format: str = "bv*+ba/b"
+    media_max_bytes: int | None = Field(None, gt=0)
+    recapture_after: str = Field("never", pattern=r"^(never|\d+(\.\d+)?[smhd])$")
+    user_agent: str = "preserve-pipeline/0.1 (archival capture of cited evidence)"
+    warc_compresslevel: int = Field(6, ge=0, le=9)
+
+    def recapture_seconds(self) -> float | None:
+        """`recapture_after` in seconds, None for never."""
+        if self.recapture_after == "never":
+            return None
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        return float(self.recapture_after[:-1]) * units[self.recapture_after[-1]]
+
+
 class Config(_Strict):
     documents: list[DocumentSource] = Field(default_factory=list)
     base_urls: list[BaseUrlRule] = Field(default_factory=list)
     base_url: HttpUrl | None = None
     wiki_base: HttpUrl = HttpUrl(DEFAULT_WIKI_BASE)
     output: Output = Field(default_factory=Output)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
 
     @field_validator("wiki_base")
     @classmethod

@@ -97,8 +97,12 @@ class WarcFile:
         self._clock = clock or _utc_now
         self._warcinfo_id: str | None = None
         self._state = "open"
+        # Digests of the finished file, computed while writing; None if a record had to be patched in place.
+        self.sha256: str | None = None
+        self.sha512: str | None = None
+        self.size = 0
         # Kept open across calls (records are appended one by one); closed by close()/abort().
-        self._fh: BinaryIO = open(self.part_path, "xb")  # noqa: SIM115
+        self._fh = _HashingFile(open(self.part_path, "xb"))  # noqa: SIM115
         try:
             fields = {"software": software, "format": WARC_FORMAT, "conformsTo": WARC_CONFORMS_TO}
             fields.update(info or {})
@@ -135,7 +139,9 @@ class WarcFile:
         _add_link(warc, "WARC-Concurrent-To", concurrent_to)
         warc.append(("Content-Type", "application/http; msgtype=request"))
         warc.append(("WARC-Payload-Digest", "sha256:" + hashlib.sha256(body).hexdigest()))
-        return self._write_record(warc, _encode_http_head(head), io.BytesIO(body), len(body), 6)
+        http_head = _encode_http_head(head)
+        block = hashlib.sha256(http_head + body).hexdigest()
+        return self._write_record(warc, http_head, io.BytesIO(body), len(body), 6, block)
 
     def write_response(
         self,
@@ -150,12 +156,15 @@ class WarcFile:
         ip_address: str | None = None,
         concurrent_to: str | None = None,
         compresslevel: int = 6,
+        block_sha256: str | None = None,
     ) -> RecordRef:
         """Write a `response` record, streaming `body` (de-chunked, content-encoding kept) once.
 
         `payload_sha256` is trusted as computed by the caller while downloading (it is not recomputed, so
-        the body is read only once); the block digest is computed here. `compresslevel` is per record:
-        pass 1 for media that are already compressed.
+        the body is read only once). `block_sha256`, when the caller computed it over
+        `http_head_bytes(...)` + body while downloading, lets the record be written strictly in order
+        (it is still checked as the body streams); without it the digest is patched in afterwards.
+        `compresslevel` is per record: pass 1 for media that are already compressed.
         """
         match = _STATUS_LINE_RE.fullmatch(status_line)
         if not match:
@@ -167,7 +176,7 @@ class WarcFile:
         _add_link(warc, "WARC-Concurrent-To", concurrent_to)
         warc.append(("Content-Type", "application/http; msgtype=response"))
         warc.append(("WARC-Payload-Digest", "sha256:" + _check_sha256(payload_sha256)))
-        return self._write_record(warc, _encode_http_head(head), body, body_length, compresslevel)
+        return self._write_record(warc, _encode_http_head(head), body, body_length, compresslevel, block_sha256)
 
     def write_resource(
         self,
@@ -185,7 +194,7 @@ class WarcFile:
         warc = self._start_headers("resource", uri, date)
         warc.append(("Content-Type", content_type))
         warc.append(("WARC-Payload-Digest", "sha256:" + _check_sha256(sha256)))
-        return self._write_record(warc, b"", body, body_length, compresslevel)
+        return self._write_record(warc, b"", body, body_length, compresslevel, sha256)
 
     def write_metadata(
         self,
@@ -210,6 +219,9 @@ class WarcFile:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        self.size = self._fh.size
+        if self._fh.sequential:
+            self.sha256, self.sha512 = self._fh.sha256.hexdigest(), self._fh.sha512.hexdigest()
         if self.path.exists():
             self._state = "failed"
             raise FileExistsError(f"{self.path} appeared while writing; {self.part_path} kept")
@@ -278,7 +290,7 @@ class WarcFile:
         warc = self._start_headers(record_type, uri, date)
         warc.extend(extra)
         warc.append(("Content-Type", "application/warc-fields"))
-        return self._write_record(warc, b"", io.BytesIO(body), len(body), 6)
+        return self._write_record(warc, b"", io.BytesIO(body), len(body), 6, hashlib.sha256(body).hexdigest())
 
     def _write_record(
         self,
@@ -287,6 +299,7 @@ class WarcFile:
         body: BinaryIO,
         body_length: int,
         compresslevel: int,
+        block_sha256: str | None = None,
     ) -> RecordRef:
         """Append one record as one gzip member (layout in the module docstring).
 
@@ -300,6 +313,8 @@ class WarcFile:
             raise ValueError(f"body_length must be >= 0, not {body_length}")
         for name, value in warc_headers:
             _check_value(name, value)
+        if block_sha256 is not None:
+            return self._write_in_order(warc_headers, http_head, body, body_length, compresslevel, block_sha256)
         headers = [
             *warc_headers,
             ("Content-Length", str(len(http_head) + body_length)),
@@ -337,11 +352,7 @@ class WarcFile:
             fh.write(digest)
             fh.seek(end)
         except BaseException:
-            try:
-                fh.seek(start)
-                fh.truncate()
-            except OSError:
-                self._state = "failed"  # the file can no longer be made valid: only abort() is left
+            self._roll_back(start)
             raise
         named = dict(warc_headers)
         return RecordRef(
@@ -351,6 +362,60 @@ class WarcFile:
             offset=start,
             length=end - start,
         )
+
+    def _write_in_order(
+        self,
+        warc_headers: list[tuple[str, str]],
+        http_head: bytes,
+        body: BinaryIO,
+        body_length: int,
+        compresslevel: int,
+        block_sha256: str,
+    ) -> RecordRef:
+        """Append one record whose block digest is known up front: one deflate stream, no seeking back, so
+        the file's own digests can be computed as it is written. The digest is checked as the body streams."""
+        expected = _check_sha256(block_sha256)
+        headers = [
+            *warc_headers,
+            ("Content-Length", str(len(http_head) + body_length)),
+            ("WARC-Block-Digest", "sha256:" + expected),
+        ]
+        raw = StatusAndHeaders("", headers, protocol=WARC_VERSION).to_bytes(encoding="utf-8")
+        fh = self._fh
+        start = fh.tell()
+        try:
+            fh.write(_gzip_header(compresslevel))
+            tail = _DeflateTail(fh, compresslevel)
+            tail.write(raw)
+            tail.write(http_head)
+            block = hashlib.sha256(http_head)
+            for chunk in _read_exactly(body, body_length):
+                block.update(chunk)
+                tail.write(chunk)
+            tail.write(_CRLF2)
+            tail.finish()
+            if block.hexdigest() != expected:
+                raise ValueError(f"block digest given as {expected} but the block hashes to {block.hexdigest()}")
+            fh.write(struct.pack("<II", tail.crc, tail.size & 0xFFFFFFFF))
+            end = fh.tell()
+        except BaseException:
+            self._roll_back(start)
+            raise
+        named = dict(warc_headers)
+        return RecordRef(
+            record_id=named["WARC-Record-ID"],
+            record_type=named["WARC-Type"],
+            target_uri=named.get("WARC-Target-URI", ""),
+            offset=start,
+            length=end - start,
+        )
+
+    def _roll_back(self, start: int) -> None:
+        try:
+            self._fh.seek(start)
+            self._fh.truncate()
+        except OSError:
+            self._state = "failed"  # the file can no longer be made valid: only abort() is left
 
 
 # -- helpers, public because callers and tests may want the same normalisation ----------------------------
@@ -379,6 +444,63 @@ def stored_http_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, s
                 continue
         stored.append((name, value))
     return stored
+
+
+def http_head_bytes(status_line: str, headers: list[tuple[str, str]]) -> bytes:
+    """The HTTP header block exactly as `write_response` stores it, so callers can compute the block digest
+    (`sha256(head + body)`) while the body downloads."""
+    match = _STATUS_LINE_RE.fullmatch(status_line)
+    if not match:
+        raise ValueError(f"invalid HTTP status line {status_line!r}")
+    head = StatusAndHeaders(match.group(2), stored_http_headers(headers), protocol=match.group(1))
+    return _encode_http_head(head)
+
+
+class _HashingFile:
+    """The WARC file handle, hashing bytes as they are appended; a write anywhere else (a patched digest, a
+    rolled-back record) makes the running digests unusable, and `sequential` says so."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.sha512 = hashlib.sha512()
+        self.size = 0
+        self.sequential = True
+        self._end = 0
+
+    def write(self, data: bytes) -> int:
+        position = self._raw.tell()
+        written = self._raw.write(data)
+        if position == self._end and self.sequential:
+            self.sha256.update(data)
+            self.sha512.update(data)
+            self._end += len(data)
+        else:
+            self.sequential = False
+            self._end = max(self._end, position + len(data))
+        self.size = self._end
+        return written
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int) -> int:
+        return self._raw.seek(offset)
+
+    def truncate(self) -> int:
+        self.sequential = False
+        self._end = self._raw.tell()
+        self.size = self._end
+        return self._raw.truncate()
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 def warc_fields(fields: dict[str, str] | list[tuple[str, str]]) -> bytes:

@@ -1,0 +1,126 @@
+"""Where the fetcher may connect: only http(s), and by default never to private, loopback or link-local
+addresses (a server-side request forgery guard).
+
+The check runs on the address actually connected to, inside the HTTP connection itself, for every hop:
+a redirect to `http://169.254.169.254/` or a public-looking name that resolves to 127.0.0.1 is refused
+at connect time, and there is no second DNS lookup for a rebinding attack to exploit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+Resolver = Callable[[str, int], list[str]]
+
+
+class BlockedAddress(Exception):
+    """A connection the policy refuses; never retried."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def refusal(address: str) -> str | None:
+    """Why an address is not public (None when it is)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for test, name in (
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_private, "private"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_reserved, "reserved"),
+        (ip.is_unspecified, "unspecified"),
+    ):
+        if test:
+            return name
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    allow_private: bool = False
+    resolver: Resolver = system_resolver
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        """Addresses to try for a host, all checked; raises BlockedAddress if none may be used."""
+        try:
+            candidates = [host] if _is_ip(host) else self.resolver(host, port)
+        except OSError as exc:
+            raise urllib3.exceptions.NameResolutionError(host, None, exc) from exc  # type: ignore[arg-type]
+        if self.allow_private:
+            return candidates
+        allowed = [a for a in candidates if refusal(a) is None]
+        if not allowed:
+            reasons = ", ".join(f"{a} ({refusal(a)})" for a in candidates)
+            raise BlockedAddress(
+                f"refused to connect to {host}: {reasons} address; allow_private_addresses or --allow-private "
+                "permits it"
+            )
+        return allowed
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class _GuardedConnectionMixin:
+    policy: AddressPolicy = AddressPolicy()
+    peer_address: str | None = None
+
+    def _new_conn(self) -> socket.socket:  # the one place urllib3 opens sockets
+        host = self._dns_host  # type: ignore[attr-defined]
+        error: OSError | None = None
+        for address in self.policy.addresses(host, self.port):  # type: ignore[attr-defined]
+            try:
+                sock = socket.create_connection(
+                    (address, self.port),  # type: ignore[attr-defined]
+                    self.timeout,  # type: ignore[attr-defined]
+                    source_address=self.source_address,  # type: ignore[attr-defined]
+                )
+            except OSError as exc:
+                error = exc
+                continue
+            for option in self.socket_options or ():  # type: ignore[attr-defined]
+                sock.setsockopt(*option)
+            self.peer_address = address
+            return sock
+        raise urllib3.exceptions.NewConnectionError(self, f"Failed to connect to {host}: {error}")  # type: ignore[arg-type]
+
+
+def guarded_session(policy: AddressPolicy, pool_size: int = 16) -> requests.Session:
+    """A requests Session whose every connection goes through the address policy."""
+    http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), {"policy": policy})
+    https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), {"policy": policy})
+    http_pool = type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
+    https_pool = type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
+
+    class GuardedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+            super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+            self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+
+    session = requests.Session()
+    adapter = GuardedAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.trust_env = False  # no proxies or .netrc credentials picked up from the environment
+    return session

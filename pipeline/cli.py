@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline import __version__
 from pipeline.config import ConfigError, LoadedConfig, load_config
-from pipeline.records import Target, to_json
+from pipeline.records import Capture, Link, Target, to_json
+from pipeline.resolve import resolve
 from pipeline.run import NOT_YET, LinkListing, list_links, new_run_id, write_targets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -30,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     links.add_argument("--config", type=Path, help="run config (YAML)")
     links.add_argument("--base-url", help="base URL for relative links (overrides config and front matter)")
     links.add_argument("--format", choices=("table", "jsonl"), default="table")
+
+    capture = sub.add_parser("capture", help="capture URLs into WARC (and media files) now")
+    capture.add_argument("urls", nargs="+", metavar="URL", help="URLs (Google redirect links are unwrapped)")
+    capture.add_argument("--config", type=Path, help="run config (YAML): capture limits and politeness")
+    capture.add_argument("--out", type=Path, default=Path("captures"), help="output directory (default: captures)")
+    capture.add_argument(
+        "--allow-private", action="store_true", help="allow private, loopback and link-local addresses"
+    )
+    capture.add_argument("--format", choices=("table", "jsonl"), default="table")
 
     run = sub.add_parser("run", help="a batch run over the documents of a config")
     run.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
@@ -48,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _links(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "capture":
+            return _capture(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -136,6 +150,65 @@ def _run(args: argparse.Namespace) -> int:
         f"{len(listing.targets)} targets ({summary}); written to {out}"
     )
     return _report_problems(listing)
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from pipeline.capture.batch import Capturer
+    from pipeline.ledger import Ledger
+
+    loaded = load_config(args.config)
+    links = [Link(source="command line", href=url, url=url, syntax="argument") for url in args.urls]
+    resolution = resolve(links)
+    failures = [f"{item.link.href[:200]}: not captured: {item.reason}" for item in resolution.rejected]
+    out_dir: Path = args.out
+    with Ledger(out_dir / "ledger.sqlite") as ledger:
+        capturer = Capturer(out_dir, loaded.config.capture, ledger, allow_private=True if args.allow_private else None)
+        with _progress(len(resolution.targets)) as advance:
+            captures = capturer.run(resolution.targets, progress=advance)
+    for capture in captures:
+        if capture.outcome == "failed":
+            failures.append(f"{capture.url}: {capture.fetcher} capture failed: {capture.error}")
+    if args.format == "jsonl":
+        for capture in captures:
+            sys.stdout.write(json.dumps(to_json(capture), ensure_ascii=False) + "\n")
+    else:
+        _print_captures(captures, out_dir)
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _print_captures(captures: Sequence[Capture], out_dir: Path) -> None:
+    for capture in captures:
+        status = f" HTTP {capture.http_status}" if capture.http_status else ""
+        title = f"  {capture.title!r}" if capture.title else ""
+        print(f"{capture.outcome:7} {capture.fetcher:5} {capture.url}{status}{title}")
+        for record in capture.warc_records:
+            if record.record_type == "response" and record.payload_sha256 and record.target_uri == capture.final_url:
+                print(f"        payload sha256 {record.payload_sha256}  {record.payload_size} bytes")
+        for file in capture.files:
+            print(f"        {out_dir / file.path}  sha256 {file.sha256}  {file.size} bytes")
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[Target, list[Capture]], None]]:
+    """A rich progress bar on a terminal; one plain log line per target otherwise."""
+    if not sys.stderr.isatty():
+        from pipeline.capture.batch import log_line
+
+        yield log_line
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("capturing", total=total)
+        failed = 0
+
+        def advance(target: Target, captures: list[Capture]) -> None:
+            nonlocal failed
+            failed += sum(1 for c in captures if c.outcome == "failed")
+            progress.update(task, advance=1, description=f"capturing ({failed} failed)")
+
+        yield advance
 
 
 if __name__ == "__main__":  # pragma: no cover

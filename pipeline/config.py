@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +69,7 @@ class CaptureSettings(_Strict):
     backoff_max: float = Field(30.0, ge=0)
     max_retry_after: float = Field(120.0, ge=0)
     allow_private_addresses: bool = False
+    allowed_networks: list[str] = Field(default_factory=list, description="non-public networks allowed, CIDR")
     requisites: bool = True
     max_requisites: int = Field(60, ge=0)
     max_requisites_bytes: int = Field(50 * 1024**2, ge=0)
@@ -78,6 +80,13 @@ class CaptureSettings(_Strict):
     recapture_after: str = Field("never", pattern=r"^(never|\d+(\.\d+)?[smhd])$")
     user_agent: str = "preserve-pipeline/0.1 (archival capture of cited evidence)"
     warc_compresslevel: int = Field(6, ge=0, le=9)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError, reported with the key
+        return value
 
     def recapture_seconds(self) -> float | None:
         """`recapture_after` in seconds, None for never."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 import urllib3
@@ -55,6 +57,13 @@ def refusal(address: str) -> str | None:
 class AddressPolicy:
     allow_private: bool = False
     resolver: Resolver = system_resolver
+    allowed_networks: tuple[str, ...] = ()  # non-public networks allowed by name, e.g. an intranet archive
+
+    def permits(self, address: str) -> bool:
+        if self.allow_private or refusal(address) is None:
+            return True
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.allowed_networks)
 
     def addresses(self, host: str, port: int) -> list[str]:
         """Addresses to try for a host, all checked; raises BlockedAddress if none may be used."""
@@ -62,11 +71,9 @@ class AddressPolicy:
             candidates = [host] if _is_ip(host) else self.resolver(host, port)
         except OSError as exc:
             raise urllib3.exceptions.NameResolutionError(host, None, exc) from exc  # type: ignore[arg-type]
-        if self.allow_private:
-            return candidates
-        allowed = [a for a in candidates if refusal(a) is None]
+        allowed = [a for a in candidates if self.permits(a)]
         if not allowed:
-            reasons = ", ".join(f"{a} ({refusal(a)})" for a in candidates)
+            reasons = ", ".join(f"{a} ({refusal(a) or 'not allowed'})" for a in candidates)
             raise BlockedAddress(
                 f"refused to connect to {host}: {reasons} address; allow_private_addresses or --allow-private "
                 "permits it"
@@ -82,9 +89,27 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+_last_peer = threading.local()
+
+
+def last_peer_address() -> str | None:
+    """The address this thread's latest request was sent to (for `WARC-IP-Address`).
+
+    Read from the connection when the request goes out: by the time a short response is read, urllib3 may
+    already have handed the connection back to its pool."""
+    return getattr(_last_peer, "address", None)
+
+
 class _GuardedConnectionMixin:
     policy: AddressPolicy = AddressPolicy()
     peer_address: str | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        _last_peer.address = None
+        try:
+            return super().request(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _last_peer.address = self.peer_address
 
     def _new_conn(self) -> socket.socket:  # the one place urllib3 opens sockets
         host = self._dns_host  # type: ignore[attr-defined]

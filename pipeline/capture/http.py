@@ -29,7 +29,14 @@ import urllib3
 import warcio
 
 from pipeline import __version__
-from pipeline.capture.guard import AddressPolicy, BlockedAddress, Resolver, guarded_session, system_resolver
+from pipeline.capture.guard import (
+    AddressPolicy,
+    BlockedAddress,
+    Resolver,
+    guarded_session,
+    last_peer_address,
+    system_resolver,
+)
 from pipeline.capture.polite import HostGate
 from pipeline.capture.warc import WarcFile, http_head_bytes
 from pipeline.config import CaptureSettings
@@ -119,7 +126,11 @@ class HttpFetcher:
     ) -> None:
         self.settings = settings
         allow = settings.allow_private_addresses if allow_private is None else allow_private
-        self.policy = AddressPolicy(allow_private=allow, resolver=resolver or system_resolver)
+        self.policy = AddressPolicy(
+            allow_private=allow,
+            resolver=resolver or system_resolver,
+            allowed_networks=tuple(settings.allowed_networks),
+        )
         self.session = guarded_session(self.policy, pool_size=max(4, settings.workers))
         self.session.headers["User-Agent"] = settings.user_agent
         self.gate = gate or HostGate(settings.per_host_concurrency, settings.per_host_rate)
@@ -161,7 +172,7 @@ class HttpFetcher:
         if declared and declared.isdigit() and int(declared) > limit:
             raise FetchError(f"{url}: body of {declared} bytes is over the limit of {limit}", retryable=False)
         head = http_head_bytes(status_line, headers)
-        peer = _peer_address(raw)
+        peer = last_peer_address()
         request = response.request
         request_headers = [("Host", urlsplit(url).netloc), *((str(k), str(v)) for k, v in request.headers.items())]
         sha256, sha512, block = hashlib.sha256(), hashlib.sha512(), hashlib.sha256(head)
@@ -408,18 +419,6 @@ def _already_compressed(exchange: Exchange) -> bool:
     if encoding and encoding != "identity":
         return True
     return bool(_COMPRESSED_TYPES.match(exchange.content_type.strip()))
-
-
-def _peer_address(raw: Any) -> str | None:
-    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
-    peer = getattr(connection, "peer_address", None)
-    if peer:
-        return str(peer)
-    sock = getattr(connection, "sock", None)
-    try:
-        return str(sock.getpeername()[0]) if sock is not None else None
-    except OSError:
-        return None
 
 
 def _read_head(path: Path, limit: int) -> bytes:

@@ -1,0 +1,194 @@
+"""Capture many targets: a bounded worker pool, one WARC file per target, the ledger as the record.
+
+Each target's captures are one unit: its WARC is written under a temporary name, fsynced and renamed by
+the worker, and only then does the main thread commit the ledger rows. A run killed at any moment
+therefore resumes cleanly: `Ledger.sweep` removes what no committed row names, and targets held
+already are skipped (`recapture_after` decides when a held capture is too old).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.capture.guard import Resolver
+from pipeline.capture.http import HttpFetcher, tool_versions
+from pipeline.capture.warc import WarcFile
+from pipeline.config import CaptureSettings
+from pipeline.ledger import Ledger
+from pipeline.records import Capture, CapturedFile, Target, target_key
+
+SOFTWARE = f"preserve-pipeline/{__version__}"
+Progress = Callable[[Target, list[Capture]], None]
+
+
+class Capturer:
+    """Captures Targets into `out_dir` (`warc/`, `media/`), recording every attempt in the ledger."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        settings: CaptureSettings,
+        ledger: Ledger,
+        *,
+        resolver: Resolver | None = None,
+        allow_private: bool | None = None,
+    ) -> None:
+        self.out_dir = out_dir
+        self.settings = settings
+        self.ledger = ledger
+        (out_dir / "warc").mkdir(parents=True, exist_ok=True)
+        self.http = HttpFetcher(settings, tmp_dir=out_dir / ".tmp", resolver=resolver, allow_private=allow_private)
+        self.allow_private = self.http.policy.allow_private
+
+    def wants_media(self, target: Target) -> bool:
+        if not self.settings.media:
+            return False
+        if target.kind == "video":
+            return True
+        if target.kind in ("page", "audio"):
+            from pipeline.capture.media import yt_dlp_claims
+
+            return yt_dlp_claims(target.url)
+        return False
+
+    def run(self, targets: Sequence[Target], progress: Progress | None = None) -> list[Capture]:
+        """Capture every fetchable target; returns every Capture (ok, failed or skipped), in target order."""
+        self.ledger.sweep(self.out_dir)
+        _clear_dir(self.out_dir / ".tmp")
+        results: dict[int, list[Capture]] = {}
+        pending: dict[Future[list[Capture]], int] = {}
+        fetchable = [(i, t) for i, t in enumerate(targets) if t.fetchable]
+        with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="capture") as pool:
+            queue = iter(fetchable)
+            # bounded: never more than 2 x workers targets in flight, so memory stays flat on huge lists
+            for index, target in _take(queue, 2 * self.settings.workers):
+                pending[pool.submit(self.capture_target, target)] = index
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = pending.pop(future)
+                    target = targets[index]
+                    try:
+                        captures = future.result()
+                    except Exception as exc:  # a bug or a disk error: the target failed, the run goes on
+                        captures = [_failed(target, "http", f"internal error: {type(exc).__name__}: {exc}")]
+                    for capture in captures:
+                        if capture.outcome != "skipped":
+                            self.ledger.record(capture)
+                    results[index] = captures
+                    if progress is not None:
+                        progress(target, captures)
+                    for next_index, next_target in _take(queue, 1):
+                        pending[pool.submit(self.capture_target, next_target)] = next_index
+        return [c for i in sorted(results) for c in results[i]]
+
+    def capture_target(self, target: Target) -> list[Capture]:
+        """All captures one target needs (the page or file, and its media), into one WARC file."""
+        recapture = self.settings.recapture_seconds()
+        fetchers = ["http", *(["media"] if self.wants_media(target) else [])]
+        skipped = []
+        todo = []
+        for fetcher in fetchers:
+            held = self.ledger.held(target.canonical, fetcher, recapture)
+            if held is None:
+                todo.append(fetcher)
+            else:
+                skipped.append(replace(held, outcome="skipped", details={**held.details, "held_since": held.ended}))
+        if not todo:
+            return skipped
+        key = target_key(target.canonical)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        warc_name = f"warc/{key}-{stamp}.warc.gz"
+        captures: list[Capture] = []
+        info = {"operator-software": SOFTWARE, "isPartOf": target.canonical, "description": "preserve capture"}
+        with WarcFile(self.out_dir / warc_name, software=SOFTWARE, info=info) as warc:
+            if "http" in todo:
+                captures.append(
+                    self.http.capture(
+                        target.url, canonical=target.canonical, kind=target.kind, warc=warc, warc_name=warc_name
+                    )
+                )
+            if "media" in todo:
+                from pipeline.capture.media import MediaSettings, capture_media
+
+                media = MediaSettings(
+                    format=self.settings.media_format,
+                    max_filesize=self.settings.media_max_bytes,
+                    socket_timeout=self.settings.read_timeout,
+                    retries=self.settings.retries,
+                    media_in_warc=self.settings.media_in_warc,
+                )
+                captures.append(
+                    capture_media(
+                        target.url,
+                        canonical=target.canonical,
+                        kind=target.kind,
+                        out_dir=self.out_dir,
+                        settings=media,
+                        warc=warc,
+                        warc_name=warc_name,
+                        page_url=target.url,
+                    )
+                )
+        path = self.out_dir / warc_name
+        if warc.sha256 and warc.sha512:
+            sha256, sha512 = warc.sha256, warc.sha512
+        else:  # a record was patched in place, so the running digest is void: one read of the file
+            sha256, sha512 = _hash_file(path)
+        warc_file = CapturedFile(warc_name, warc.size, sha256, sha512, "application/warc", "warc")
+        first = captures[0]
+        captures[0] = replace(first, files=(warc_file, *first.files))
+        return captures + skipped
+
+
+def _take(iterator: Iterable[tuple[int, Target]], count: int) -> list[tuple[int, Target]]:
+    taken = []
+    for item in iterator:
+        taken.append(item)
+        if len(taken) >= count:
+            break
+    return taken
+
+
+def _failed(target: Target, fetcher: str, error: str) -> Capture:
+    now = datetime.now(UTC).isoformat()
+    return Capture(
+        url=target.url,
+        canonical=target.canonical,
+        kind=target.kind,
+        fetcher=fetcher,
+        outcome="failed",
+        started=now,
+        ended=now,
+        tools=tool_versions(),
+        error=error,
+    )
+
+
+def _hash_file(path: Path) -> tuple[str, str]:
+    sha256, sha512 = hashlib.sha256(), hashlib.sha512()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha256.update(chunk)
+            sha512.update(chunk)
+    return sha256.hexdigest(), sha512.hexdigest()
+
+
+def _clear_dir(path: Path) -> None:
+    if path.is_dir():
+        for entry in path.iterdir():
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+
+
+def log_line(target: Target, captures: list[Capture]) -> None:  # pragma: no cover - used without a terminal
+    for capture in captures:
+        status = f" HTTP {capture.http_status}" if capture.http_status else ""
+        print(f"{capture.outcome}: {capture.fetcher} {capture.url}{status}", file=sys.stderr, flush=True)

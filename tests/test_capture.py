@@ -1,0 +1,249 @@
+"""Capture against a real local web site: WARC records, digests, retries, limits, the address guard."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+
+from pipeline.capture.batch import Capturer
+from pipeline.config import CaptureSettings
+from pipeline.ledger import Ledger
+from pipeline.records import Link, Target
+from pipeline.resolve import resolve
+from tests.support import site as fixture_site
+
+WARCIO = [sys.executable, "-m", "warcio.cli"]
+
+
+def settings(**overrides) -> CaptureSettings:
+    base = {
+        "allow_private_addresses": True,
+        "per_host_rate": 1000.0,
+        "read_timeout": 1.0,
+        "connect_timeout": 2.0,
+        "retries": 2,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "media": False,
+    }
+    return CaptureSettings(**{**base, **overrides})
+
+
+def targets_for(*urls: str) -> list[Target]:
+    return resolve([Link(source="test", href=u, url=u, syntax="argument") for u in urls]).targets
+
+
+def capture(out: Path, urls: list[str], **overrides) -> list:
+    with Ledger(out / "ledger.sqlite") as ledger:
+        return Capturer(out, settings(**overrides), ledger).run(targets_for(*urls))
+
+
+def responses(warc: Path) -> dict[str, tuple[object, bytes]]:
+    """Response records of a WARC by target URI: (record, payload as stored)."""
+    found = {}
+    with warc.open("rb") as handle:
+        for record in ArchiveIterator(handle):
+            if record.rec_type == "response":
+                uri = record.rec_headers.get_header("WARC-Target-URI")
+                found[uri] = (record, record.raw_stream.read())  # the payload as stored, not decoded
+    return found
+
+
+def validate(warc: Path) -> str:
+    check = subprocess.run([*WARCIO, "check", "-v", str(warc)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    index = subprocess.run([*WARCIO, "index", str(warc)], capture_output=True, text=True)
+    assert index.returncode == 0, index.stderr
+    return index.stdout
+
+
+def test_local_site_is_captured_byte_exact(site, tmp_path: Path) -> None:
+    urls = {
+        "page": site.url("/page.html"),
+        "pdf": site.url("/doc.pdf"),
+        "redirect": site.url("/redirect/3"),
+        "missing": site.url("/missing"),
+        "flaky": site.url("/flaky?key=a"),
+        "drop": site.url("/drop"),
+        "stall": site.url("/stall?seconds=3"),
+        "ratelimit": site.url("/ratelimit?key=b"),
+    }
+    captures = capture(tmp_path, list(urls.values()))
+    by_url = {c.url: c for c in captures}
+    assert set(by_url) == set(urls.values())
+
+    page = by_url[urls["page"]]
+    assert (page.outcome, page.http_status, page.title) == ("ok", 200, fixture_site.PAGE_TITLE)
+    assert page.details["requisites"]["captured"] == 4  # image, stylesheet, script, and the stylesheet's image
+    assert by_url[urls["pdf"]].outcome == "ok"
+    redirect = by_url[urls["redirect"]]
+    assert (redirect.outcome, redirect.final_url) == ("ok", site.url("/page.html"))
+    missing = by_url[urls["missing"]]
+    assert (missing.outcome, missing.http_status, missing.retryable) == ("failed", 404, False)
+    assert site.hits("/missing") == 1  # a 404 is never retried
+    flaky = by_url[urls["flaky"]]
+    assert (flaky.outcome, flaky.http_status, flaky.attempts) == ("ok", 200, 2)
+    drop = by_url[urls["drop"]]
+    assert drop.outcome == "failed" and drop.retryable and "connection broken after 1000 bytes" in drop.error
+    assert site.hits("/drop") == 3  # retried twice
+    stall = by_url[urls["stall"]]
+    assert stall.outcome == "failed" and "timed out" in stall.error.lower()
+    ratelimit = by_url[urls["ratelimit"]]
+    assert (ratelimit.outcome, ratelimit.attempts) == ("ok", 2)
+    times = [r.time for r in site.requests if r.path == "/ratelimit?key=b"]
+    assert times[1] - times[0] >= 0.95  # Retry-After: 1 honoured
+
+    served = {
+        urls["page"]: fixture_site.PAGE_HTML,
+        urls["pdf"]: fixture_site.PDF_BYTES,
+        site.url("/img/a.png"): fixture_site.PNG_A,
+        site.url("/css/site.css"): fixture_site.CSS_BYTES,
+        site.url("/js/app.js"): fixture_site.JS_BYTES,
+        site.url("/img/bg.png"): fixture_site.PNG_BG,
+        urls["flaky"]: fixture_site.FLAKY_BODY,
+        urls["missing"]: fixture_site.NOT_FOUND_HTML,
+    }
+    checked = set()
+    for capture_ in captures:
+        for file in capture_.files:
+            warc = tmp_path / file.path
+            assert hashlib.sha256(warc.read_bytes()).hexdigest() == file.sha256
+            validate(warc)
+            for uri, (record, payload) in responses(warc).items():
+                digest = record.rec_headers.get_header("WARC-Payload-Digest")
+                assert digest == "sha256:" + hashlib.sha256(payload).hexdigest()
+                assert record.rec_headers.get_header("WARC-Type") == "response"
+                if uri in served:
+                    assert payload == served[uri], uri
+                    checked.add(uri)
+    assert checked == set(served)
+
+
+def test_redirect_chain_is_one_pair_per_hop(site, tmp_path: Path) -> None:
+    (result,) = capture(tmp_path, [site.url("/redirect/3")], requisites=False)
+    warc = tmp_path / result.files[0].path
+    index = validate(warc)
+    pairs = [(r.record_type, r.target_uri) for r in result.warc_records]
+    hops = ["/redirect/3", "/redirect/2", "/redirect/1", "/page.html"]
+    assert pairs == [(kind, site.url(p)) for p in hops for kind in ("request", "response")]
+    assert [r.http_status for r in result.warc_records if r.record_type == "response"] == [302, 301, 307, 200]
+    assert index.count('"warc-type": "response"') == 4 and index.count('"warc-type": "request"') == 4
+    with warc.open("rb") as handle:
+        records = list(ArchiveIterator(handle))
+    assert records[0].rec_type == "warcinfo"
+    assert all(r.rec_headers.protocol == "WARC/1.1" for r in records)
+    by_id = {r.rec_headers.get_header("WARC-Record-ID"): r for r in records}
+    for record in records:
+        if record.rec_type == "response":
+            partner = by_id[record.rec_headers.get_header("WARC-Concurrent-To")]
+            assert partner.rec_type == "request"
+            assert partner.rec_headers.get_header("WARC-Target-URI") == record.rec_headers.get_header("WARC-Target-URI")
+            assert record.rec_headers.get_header("WARC-IP-Address") == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("path", "wire_body", "decoded"),
+    [
+        ("/chunked", fixture_site.CHUNKED_BODY, fixture_site.CHUNKED_BODY),
+        ("/gzip", fixture_site.GZIP_BODY, fixture_site.GZIP_PLAIN),
+        ("/chunked-gzip", fixture_site.GZIP_BODY, fixture_site.GZIP_PLAIN),
+    ],
+)
+def test_payload_digest_covers_the_dechunked_entity_body(site, tmp_path: Path, path, wire_body, decoded) -> None:
+    (result,) = capture(tmp_path, [site.url(path)])
+    warc = tmp_path / result.files[0].path
+    validate(warc)
+    ((record, payload),) = responses(warc).values()
+    # the payload is the entity body: chunk framing removed, content encoding kept
+    assert payload == wire_body
+    assert record.rec_headers.get_header("WARC-Payload-Digest") == "sha256:" + hashlib.sha256(wire_body).hexdigest()
+    assert (gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload) == decoded
+    http_headers = dict(record.http_headers.headers)
+    assert "Transfer-Encoding" not in http_headers  # it would make readers de-chunk the body again
+    if "chunked" in path:
+        assert http_headers["X-Archive-Orig-Transfer-Encoding"] == "chunked"
+    response = next(r for r in result.warc_records if r.record_type == "response")
+    assert response.payload_sha256 == hashlib.sha256(wire_body).hexdigest()
+    assert response.payload_sha512 == hashlib.sha512(wire_body).hexdigest()
+
+
+def test_public_looking_name_resolving_to_loopback_is_refused(site, tmp_path: Path) -> None:
+    url = f"http://evidence.example.org:{site.port}/page.html"
+
+    def resolver(host: str, port: int) -> list[str]:
+        assert host == "evidence.example.org"
+        return ["127.0.0.1"]
+
+    for allow, outcome in ((False, "failed"), (True, "ok")):
+        out = tmp_path / str(allow)
+        with Ledger(out / "ledger.sqlite") as ledger:
+            capturer = Capturer(
+                out, settings(allow_private_addresses=allow, requisites=False), ledger, resolver=resolver
+            )
+            (result,) = capturer.run(targets_for(url))
+        assert result.outcome == outcome
+        if not allow:
+            assert "127.0.0.1 (loopback)" in result.error and not result.retryable
+    assert site.hits("/page.html") == 1  # only the allowed run reached the server
+
+
+def test_redirect_to_metadata_address_is_refused(site, tmp_path: Path) -> None:
+    site.add_route(
+        "/to-metadata",
+        lambda h: h.respond(302, b"", "text/plain", {"Location": "http://169.254.169.254/latest/meta-data/"}),
+    )
+    # the local site is allowed by name; everything else non-public stays refused
+    (result,) = capture(
+        tmp_path, [site.url("/to-metadata")], allow_private_addresses=False, allowed_networks=["127.0.0.0/8"]
+    )
+    assert result.outcome == "failed"
+    assert "169.254.169.254 (link-local)" in result.error
+    assert [r.http_status for r in result.warc_records if r.record_type == "response"] == [302]
+
+
+def test_redirect_to_file_scheme_is_refused(site, tmp_path: Path) -> None:
+    site.add_route("/to-file", lambda h: h.respond(302, b"", "text/plain", {"Location": "file:///etc/passwd"}))
+    (result,) = capture(tmp_path, [site.url("/to-file")])
+    assert result.outcome == "failed" and "non-http(s)" in result.error
+
+
+def test_body_over_the_limit_is_refused_and_nothing_is_left(site, tmp_path: Path) -> None:
+    (result,) = capture(tmp_path, [site.url("/bytes/200000")], max_body_bytes=100_000)
+    assert result.outcome == "failed" and "over the limit" in result.error and not result.retryable
+    assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_a_rerun_skips_what_is_held_and_retries_what_failed(site, tmp_path: Path) -> None:
+    urls = [site.url("/page.html"), site.url("/missing")]
+    first = capture(tmp_path, urls, requisites=False)
+    assert [c.outcome for c in first] == ["ok", "failed"]
+    second = capture(tmp_path, urls, requisites=False)
+    assert [c.outcome for c in second] == ["skipped", "failed"]
+    assert site.hits("/page.html") == 1 and site.hits("/missing") == 2
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        attempts = ledger.attempts()
+    assert [a.outcome for a in attempts] == ["ok", "failed", "failed"]
+    assert len(list((tmp_path / "warc").iterdir())) == 3
+
+
+def test_per_host_politeness_holds(site, tmp_path: Path) -> None:
+    site.latency = 0.05
+    urls = [site.url(f"/latency/{i}") for i in range(12)]
+    captures = capture(tmp_path, urls, workers=6, per_host_concurrency=1, requisites=False)
+    assert all(c.outcome == "ok" for c in captures)
+    assert site.max_concurrency == 1
+    site_two = capture(
+        tmp_path / "two",
+        [site.url(f"/latency/x{i}") for i in range(12)],
+        workers=6,
+        per_host_concurrency=3,
+        requisites=False,
+    )
+    assert all(c.outcome == "ok" for c in site_two)
+    assert 1 < site.max_concurrency <= 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -228,7 +229,9 @@ def test_a_rerun_skips_what_is_held_and_retries_what_failed(site, tmp_path: Path
     assert site.hits("/page.html") == 1 and site.hits("/missing") == 2
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         attempts = ledger.attempts()
-    assert [a.outcome for a in attempts] == ["ok", "failed", "failed"]
+    assert sorted((a.url, a.outcome) for a in attempts) == sorted(
+        [(urls[0], "ok"), (urls[1], "failed"), (urls[1], "failed")]
+    )
     assert len(list((tmp_path / "warc").iterdir())) == 3
 
 
@@ -247,3 +250,64 @@ def test_per_host_politeness_holds(site, tmp_path: Path) -> None:
     )
     assert all(c.outcome == "ok" for c in site_two)
     assert 1 < site.max_concurrency <= 3
+
+
+def test_video_page_gets_page_and_media_and_the_file_matches(site, mp4_file, tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        captures = Capturer(tmp_path, settings(media=True), ledger).run(
+            targets_for(site.url("/video_page.html"), site.url("/media/clip.mp4"))
+        )
+    page, page_media, direct = captures
+    assert (page.fetcher, page.outcome, page.title) == ("http", "ok", fixture_site.VIDEO_PAGE_TITLE)
+    assert page.details["embeds_media"] is True
+    for media in (page_media, direct):
+        assert (media.fetcher, media.outcome) == ("media", "ok"), media.error
+        (video,) = [f for f in media.files if f.role == "media"]
+        assert video.sha256 == site.mp4_sha256 == hashlib.sha256((tmp_path / video.path).read_bytes()).hexdigest()
+        assert any(f.role == "info-json" for f in media.files)
+        assert media.tools["yt-dlp"] and media.tools["extractor"]
+    # the direct file is stored once, by yt-dlp, not also as a WARC response
+    assert direct.files[0].role == "warc"
+    warc = tmp_path / direct.files[0].path
+    validate(warc)
+    assert responses(warc) == {}
+    with warc.open("rb") as handle:
+        metadata = [r for r in ArchiveIterator(handle) if r.rec_type == "metadata"]
+    assert len(metadata) == 1
+
+
+def test_media_is_not_fetched_from_a_refused_address(site, tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        (result,) = Capturer(tmp_path, settings(media=True, allow_private_addresses=False), ledger).run(
+            targets_for(site.url("/media/clip.mp4"))
+        )
+    assert (result.fetcher, result.outcome) == ("media", "failed")
+    assert "loopback" in result.error
+    assert site.hits("/media/clip.mp4") == 0
+
+
+def test_capture_command_prints_digests_and_exit_status(site, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("capture:\n  media: false\n  requisites: false\n  per_host_rate: 1000\n", encoding="utf-8")
+    wrapped = f"https://www.google.com/url?q={site.url('/doc.pdf')}&sa=D&ust=1"
+    base = [sys.executable, "-m", "pipeline.cli", "capture", "--config", str(config), "--out", str(tmp_path / "o")]
+    ok = subprocess.run([*base, "--allow-private", wrapped], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    pdf_sha = hashlib.sha256(fixture_site.PDF_BYTES).hexdigest()
+    assert f"payload sha256 {pdf_sha}" in ok.stdout and site.url("/doc.pdf") in ok.stdout
+    failed = subprocess.run(
+        [*base, "--allow-private", "--format", "jsonl", site.url("/missing"), "ftp://files.example/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "only http and https" in errors[0] and "HTTP 404" in errors[1]
+    (record,) = [json.loads(line) for line in failed.stdout.splitlines()]
+    assert (record["outcome"], record["http_status"]) == ("failed", 404)
+    fresh = [*base[:-1], str(tmp_path / "fresh")]
+    refused = subprocess.run([*fresh, site.url("/doc.pdf")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "loopback" in refused.stderr
+    usage = subprocess.run([*base], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2

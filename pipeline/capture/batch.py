@@ -15,9 +15,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline import __version__
-from pipeline.capture.guard import Resolver
+from pipeline.capture.guard import BlockedAddress, Resolver
 from pipeline.capture.http import HttpFetcher, tool_versions
 from pipeline.capture.warc import WarcFile
 from pipeline.config import CaptureSettings
@@ -50,13 +51,24 @@ class Capturer:
     def wants_media(self, target: Target) -> bool:
         if not self.settings.media:
             return False
-        if target.kind == "video":
+        if target.kind in ("video", "audio"):
             return True
-        if target.kind in ("page", "audio"):
+        if target.kind == "page":
             from pipeline.capture.media import yt_dlp_claims
 
             return yt_dlp_claims(target.url)
         return False
+
+    def media_check(self, url: str) -> str | None:
+        """yt-dlp opens its own connections, outside the guarded session: check the target host first."""
+        parts = urlsplit(url)
+        try:
+            self.http.policy.addresses(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        except BlockedAddress as exc:
+            return str(exc)
+        except Exception as exc:  # name resolution failed: yt-dlp would fail the same way
+            return f"{url}: {exc}"
+        return None
 
     def run(self, targets: Sequence[Target], progress: Progress | None = None) -> list[Capture]:
         """Capture every fetchable target; returns every Capture (ok, failed or skipped), in target order."""
@@ -92,7 +104,10 @@ class Capturer:
     def capture_target(self, target: Target) -> list[Capture]:
         """All captures one target needs (the page or file, and its media), into one WARC file."""
         recapture = self.settings.recapture_seconds()
-        fetchers = ["http", *(["media"] if self.wants_media(target) else [])]
+        media = self.wants_media(target)
+        # a media file is stored once: a direct link to one goes to yt-dlp only, not also into the WARC
+        direct_media = media and target.kind in ("video", "audio") and _is_media_file(target.url)
+        fetchers = [*([] if direct_media else ["http"]), *(["media"] if media else [])]
         skipped = []
         todo = []
         for fetcher in fetchers:
@@ -115,7 +130,15 @@ class Capturer:
                         target.url, canonical=target.canonical, kind=target.kind, warc=warc, warc_name=warc_name
                     )
                 )
-            if "media" in todo:
+            page = captures[0] if captures else None
+            embeds_media = page is not None and page.outcome == "ok" and page.details.get("embeds_media")
+            wanted = self.settings.media and embeds_media and "media" not in todo
+            if wanted and self.ledger.held(target.canonical, "media", recapture) is None:
+                todo.append("media")
+            refused = self.media_check(target.url) if "media" in todo else None
+            if refused is not None:
+                captures.append(_failed(target, "media", refused))
+            elif "media" in todo:
                 from pipeline.capture.media import MediaSettings, capture_media
 
                 media = MediaSettings(
@@ -146,6 +169,29 @@ class Capturer:
         first = captures[0]
         captures[0] = replace(first, files=(warc_file, *first.files))
         return captures + skipped
+
+
+_MEDIA_EXTENSIONS = {
+    "mp4",
+    "webm",
+    "mov",
+    "mkv",
+    "m4v",
+    "avi",
+    "flv",
+    "ogv",
+    "3gp",
+    "mp3",
+    "wav",
+    "m4a",
+    "flac",
+    "opus",
+}
+
+
+def _is_media_file(url: str) -> bool:
+    last = urlsplit(url).path.rsplit("/", 1)[-1]
+    return "." in last and last.rsplit(".", 1)[-1].lower() in _MEDIA_EXTENSIONS
 
 
 def _take(iterator: Iterable[tuple[int, Target]], count: int) -> list[tuple[int, Target]]:

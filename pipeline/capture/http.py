@@ -355,6 +355,8 @@ class HttpFetcher:
         if final.is_html and head:
             page = _PageScanner.scan(head, final.content_type)
             title = page.title
+            if page.embeds_media:
+                details["embeds_media"] = True
             if self.settings.requisites and 200 <= final.status < 300:
                 details["requisites"] = self._requisites(final_url, page.resources, warc, warc_name, result)
         ok = 200 <= final.status < 300
@@ -439,6 +441,7 @@ class _PageScanner(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.title: str | None = None
         self.resources: list[str] = []
+        self.embeds_media = False  # a <video>/<audio> or og:video: worth handing to yt-dlp
         self._in_title = False
         self._title_parts: list[str] = []
         self._in_style = False
@@ -478,8 +481,11 @@ class _PageScanner(HTMLParser):
                 self._add(values.get("href"))
         elif tag == "script":
             self._add(values.get("src"))
-        elif tag == "video":
+        elif tag in ("video", "audio"):
+            self.embeds_media = True
             self._add(values.get("poster"))
+        elif tag == "meta" and values.get("property", "").lower() in ("og:video", "og:video:url", "og:audio"):
+            self.embeds_media = True
         if values.get("style"):
             self._css(values["style"])
 

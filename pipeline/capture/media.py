@@ -3,7 +3,8 @@
 Everything is written into a private `media/<key>.part/` directory that is renamed to `media/<key>/` only
 after yt-dlp succeeded, the file names were made bag-safe, every file was hashed and fsynced and the WARC
 records were written: a crash therefore never leaves a directory that looks finished. yt-dlp writes the
-files itself, so each one is read back exactly once to hash it (sha256 and sha512 together).
+files itself, so each one is read back once to hash it (sha256 and sha512 together). With `media_in_warc`
+a media file is read a second time: `WarcFile.write_resource` needs the payload sha256 before the body.
 """
 
 from __future__ import annotations
@@ -104,8 +105,14 @@ class MediaSettings:
 
 @functools.cache
 def _specific_extractors() -> tuple[Any, ...]:
-    """Every default-enabled extractor except Generic (which accepts any URL), in yt-dlp's order."""
-    return tuple(ie for ie in gen_extractor_classes() if ie._ENABLED and ie.ie_key() != "Generic")
+    """Every default-enabled extractor except Generic (which accepts any URL), in yt-dlp's order.
+
+    Each is matched once against a dummy URL so all URL patterns are compiled now, not spread over calls.
+    """
+    extractors = tuple(ie for ie in gen_extractor_classes() if ie._ENABLED and ie.ie_key() != "Generic")
+    for ie in extractors:
+        ie.suitable("about:blank")
+    return extractors
 
 
 def yt_dlp_claims(url: str) -> bool:
@@ -456,6 +463,7 @@ def _hash_and_archive(
     warc: WarcFile | None,
     warc_name: str | None,
 ) -> tuple[list[CapturedFile], list[WarcRecord]]:
+    """Hash every file, then (with a WARC) tie each media file to its page in a `metadata` record."""
     digests = {item.rel: _hash_file(item.path) for item in files}
     captured = [
         CapturedFile(

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Callable
@@ -398,3 +399,55 @@ def test_crc32_combine_matches_zlib() -> None:
     for length in (0, 1, 3, 64, 1000, 70_000):
         head, tail = os.urandom(100), os.urandom(length)
         assert _crc32_combine(zlib.crc32(head), zlib.crc32(tail), length) == zlib.crc32(head + tail)
+
+
+def test_known_block_digest_writes_in_order_and_digests_the_file(tmp_path: Path) -> None:
+    """With the block digest computed while downloading, the file's own digests come free of a re-read."""
+    from pipeline.capture.warc import http_head_bytes
+
+    body = b"<html>evidence</html>" * 1000
+    status, headers = "HTTP/1.1 200 OK", [("Content-Type", "text/html"), ("Transfer-Encoding", "chunked")]
+    head = http_head_bytes(status, headers)
+    path = tmp_path / "ordered.warc.gz"
+    with WarcFile(path, software="test/1") as warc:
+        warc.write_response(
+            "http://example.org/",
+            status_line=status,
+            headers=headers,
+            body=io.BytesIO(body),
+            body_length=len(body),
+            payload_sha256=hashlib.sha256(body).hexdigest(),
+            block_sha256=hashlib.sha256(head + body).hexdigest(),
+        )
+        with pytest.raises(ValueError, match="block digest"):
+            warc.write_response(
+                "http://example.org/wrong",
+                status_line=status,
+                headers=headers,
+                body=io.BytesIO(body),
+                body_length=len(body),
+                payload_sha256=hashlib.sha256(body).hexdigest(),
+                block_sha256=hashlib.sha256(b"not the block").hexdigest(),
+            )
+    assert warc.sha256 is None  # the rolled-back record voided the running digest: callers read once
+    assert subprocess.run([sys.executable, "-m", "warcio.cli", "check", str(path)], check=False).returncode == 0
+    path.unlink()
+    with WarcFile(path, software="test/1") as warc:
+        warc.write_response(
+            "http://example.org/",
+            status_line=status,
+            headers=headers,
+            body=io.BytesIO(body),
+            body_length=len(body),
+            payload_sha256=hashlib.sha256(body).hexdigest(),
+            block_sha256=hashlib.sha256(head + body).hexdigest(),
+        )
+    data = path.read_bytes()
+    assert warc.sha256 == hashlib.sha256(data).hexdigest()
+    assert warc.sha512 == hashlib.sha512(data).hexdigest()
+    assert warc.size == len(data)
+    check = subprocess.run([sys.executable, "-m", "warcio.cli", "check", str(path)], capture_output=True)
+    assert check.returncode == 0, check.stdout
+    with path.open("rb") as handle:
+        records = [r for r in ArchiveIterator(handle) if r.rec_type == "response"]
+    assert len(records) == 1 and records[0].content_stream().read() == body

@@ -596,6 +596,10 @@ def _one_line(text: str) -> str:
 
 def _publish(part_dir: Path, final_dir: Path) -> None:
     """Make the finished directory durable, then give it its final name in one rename."""
+    for path in part_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())  # yt-dlp does not sync what it wrote
     descriptor = os.open(part_dir, os.O_RDONLY)
     try:
         os.fsync(descriptor)

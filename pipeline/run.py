@@ -1,7 +1,7 @@
 """A batch run from a config.
 
-Until the capture, package and store stages land, a run extracts and resolves the links of every
-document in the config and writes them to `runs/<run id>/targets.jsonl`, and says so.
+Until capture is wired together with the package and store stages, a run extracts and resolves the
+links of every document in the config and writes them to `runs/<run id>/targets.jsonl`, and says so.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pipeline.records import Link, Rejected, Target, to_json
 from pipeline.resolve import resolve
 
 NOT_YET = (
-    "capture, package and store are not built yet: this run only extracts and resolves links "
-    "(nothing is fetched or archived)"
+    "the batch run does not capture, package or store yet: this run only extracts and resolves links "
+    "(nothing is fetched or archived; `preserve capture URL...` captures one-off URLs)"
 )
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -202,34 +203,24 @@ def _proc_status(field: str) -> int:
 # -- the parent: servers, children, measurements -----------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """What a child printed (one JSON line), and its own peak RSS from the kernel."""
+def run_child(role: str, *args: str, timeout: float = CHILD_TIMEOUT) -> dict[str, Any]:
+    """Run this file as a child process; returns the JSON line it printed last. Killed and reaped on any error.
 
-    data: dict[str, Any]
-    maxrss_mib: float
-
-
-def run_child(role: str, *args: str, timeout: float = CHILD_TIMEOUT) -> Child:
-    """Run this file as a child; reaped with wait4 so that `ru_maxrss` is this child's alone."""
+    Peak RSS is the child's own VmHWM, not `ru_maxrss` from wait4/RUSAGE_CHILDREN: Linux folds the pre-exec
+    image's high-water mark into `ru_maxrss`, so it reports at least the parent's RSS at fork time.
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--role", role, *args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    assert proc.stdout is not None
     try:
-        output = proc.stdout.read()
-    except BaseException:
-        proc.kill()
-        raise
+        output, _ = proc.communicate(timeout=timeout)
     finally:
-        killer.cancel()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if proc.returncode != 0:
-        raise RuntimeError(f"child {role} exited with {proc.returncode} (killed after {timeout:.0f} s?)")
-    return Child(json.loads(output.decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024)
+        raise RuntimeError(f"child {role} exited with {proc.returncode}")
+    data: dict[str, Any] = json.loads(output.decode().strip().splitlines()[-1])
+    return data
 
 
 class Servers:
@@ -275,6 +266,7 @@ class Servers:
 
 @contextmanager
 def servers(count: int, latency: float) -> Iterator[Servers]:
+    """The server process for the duration of a block, stopped however the block ends."""
     running = Servers(count, latency)
     try:
         yield running
@@ -284,9 +276,10 @@ def servers(count: int, latency: float) -> Iterator[Servers]:
 
 @dataclass
 class PagesRun:
+    """One run of ours over the pages: wall time and how many captures came out ok."""
+
     seconds: float
     ok: int
-    settings: dict[str, Any]
 
 
 def capture_pages(urls: list[str], workers: int, out_dir: Path) -> PagesRun:
@@ -307,23 +300,26 @@ def capture_pages(urls: list[str], workers: int, out_dir: Path) -> PagesRun:
     seconds = time.perf_counter() - start
     ok = sum(1 for c in captures if c.outcome == "ok")
     shutil.rmtree(out_dir)
-    return PagesRun(seconds, ok, chosen)
+    return PagesRun(seconds, ok)
 
 
 def loop_pages(urls_file: Path, out_dir: Path) -> tuple[float, dict[str, Any]]:
+    """The reference loop in its own process (its http.client patching must not reach ours)."""
     out_dir.mkdir()
-    child = run_child("loop", str(urls_file), str(out_dir / "loop.warc.gz"))
+    data = run_child("loop", str(urls_file), str(out_dir / "loop.warc.gz"))
     shutil.rmtree(out_dir)
-    return child.data["seconds"], child.data
+    return data["seconds"], data
 
 
 def note(message: str) -> None:
+    """Progress on stderr, so a slow case is visibly running; the results go to stdout."""
     print(f"... {message}", file=sys.stderr, flush=True)
 
 
 def rows_table(rows: list[tuple[str, ...]]) -> str:
+    """Plain aligned columns: readable in a terminal and pasteable into BENCHMARKS.md as-is."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -354,6 +350,9 @@ def bench(pages: int, big_mib: int, skip_big: bool) -> int:
     sys.path.insert(0, str(ROOT))
     from tests.support.site import pattern_sha256
 
+    # SIGTERM as an exception, so the finally blocks below still stop the servers and reap the children
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    began = time.perf_counter()
     notes: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     free = shutil.disk_usage(tmp).free
@@ -401,7 +400,13 @@ def bench(pages: int, big_mib: int, skip_big: bool) -> int:
     print(rows_table(rows))
     for line in notes:
         print(f"note: {line}")
+    print(f"whole benchmark: {time.perf_counter() - began:.0f} s")
     return 0
+
+
+def rss(data: dict[str, Any]) -> str:
+    """Peak and starting RSS of a child, so the fetch's own share is visible."""
+    return f"peak RSS {data['hwm_kib'] / 1024:.0f} MiB (at start {data['baseline_kib'] / 1024:.0f})"
 
 
 def big_body(
@@ -414,18 +419,18 @@ def big_body(
     label = f"body {big_mib} MiB"
     rows: list[tuple[str, ...]] = []
     note(f"{label}: reference download")
+    os.sync()  # each large write starts with no earlier writeback pending
     ref = run_child("big-ref", f"http://127.0.0.1:{port}/bytes/{size}", str(tmp / "ref.bin"))
     (tmp / "ref.bin").unlink(missing_ok=True)
-    ref_rate = size / MIB / ref.data["seconds"]
+    ref_rate = size / MIB / ref["seconds"]
     rows.append(
         (
             label,
             "ref: requests stream=True, iter_content(1 MiB) to a file",
-            f"{ref.data['seconds']:.2f} s",
+            f"{ref['seconds']:.2f} s",
             f"{ref_rate:.0f} MiB/s",
             "1.00",
-            f"peak RSS {ref.maxrss_mib:.0f} MiB (at start {ref.data['baseline_kib'] / 1024:.0f}), "
-            "size ok" if ref.data["bytes"] == size else "SIZE WRONG",
+            f"{rss(ref)}, " + ("size ok" if ref["bytes"] == size else "SIZE WRONG"),
         )
     )
     note(f"{label}: sha256 of the pattern")
@@ -434,9 +439,9 @@ def big_body(
         note(f"{label}: Capturer on {route}")
         out_dir = tmp / "big-ours"
         out_dir.mkdir()
-        ours = run_child("big-ours", f"http://127.0.0.1:{port}{route}{size}", str(out_dir), str(size))
+        os.sync()
+        data = run_child("big-ours", f"http://127.0.0.1:{port}{route}{size}", str(out_dir), str(size))
         shutil.rmtree(out_dir)
-        data = ours.data
         rate = size / MIB / data["seconds"]
         listed = bool(_COMPRESSED_TYPES.match(content_type))
         digest_ok = data["payload_sha256"] == expected and data["payload_size"] == size
@@ -447,16 +452,19 @@ def big_body(
                 f"{data['seconds']:.2f} s",
                 f"{rate:.0f} MiB/s",
                 f"{rate / ref_rate:.2f}",
-                f"{data['outcome']}, peak RSS {ours.maxrss_mib:.0f} MiB (at start {data['baseline_kib'] / 1024:.0f}), "
+                f"{data['outcome']}, {rss(data)}, "
                 f"payload sha256 {'== pattern_sha256(n)' if digest_ok else 'MISMATCH'}, "
                 f"WARC level used {data['levels']}: download+hash {data['download_s']:.2f} s, "
-                f"WARC write {data['warc_write_s']:.2f} s, WARC {data['warc_bytes'] / 1e6:.1f} MB",
+                f"WARC write {data['warc_write_s']:.2f} s, "
+                f"rest {data['seconds'] - data['download_s'] - data['warc_write_s']:.2f} s, "
+                f"WARC {data['warc_bytes'] / 1e6:.1f} MB",
             )
         )
         if data["error"]:
             notes.append(f"{route}: {data['error']}")
     notes.append(
-        "peak RSS is each child's ru_maxrss (os.wait4); 'at start' is its VmRSS after imports, before the fetch"
+        "peak RSS is each child's own VmHWM (MiB); 'at start' is its VmRSS after imports, before the fetch; "
+        "os.sync() runs before each large-body child"
     )
     notes.append(
         f"the {TYPED_CONTENT_TYPE} row serves the same bytes under a type outside _COMPRESSED_TYPES, so the "

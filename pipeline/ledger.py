@@ -66,36 +66,48 @@ class Ledger:
 
     def record(self, capture: Capture) -> int:
         """Commit one capture attempt and the files it produced, in one transaction."""
-        data = json.dumps(to_json(capture), ensure_ascii=False)
+        return self.record_many([capture])[0]
+
+    def record_many(self, captures: list[Capture]) -> list[int]:
+        """Commit several capture attempts in one transaction (one disk sync for all of them)."""
+        if not captures:
+            return []
+        rows = []
         with self._lock:
             cursor = self._db.cursor()
             cursor.execute("BEGIN IMMEDIATE")
             try:
-                cursor.execute(
-                    "INSERT INTO captures (canonical, url, kind, fetcher, outcome, started, ended, http_status, "
-                    "error, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        capture.canonical,
-                        capture.url,
-                        capture.kind,
-                        capture.fetcher,
-                        capture.outcome,
-                        capture.started,
-                        capture.ended,
-                        capture.http_status,
-                        capture.error,
-                        data,
-                    ),
-                )
-                row_id = int(cursor.lastrowid or 0)
-                cursor.executemany(
-                    "INSERT INTO files (capture_id, path, sha256, size) VALUES (?, ?, ?, ?)",
-                    [(row_id, f.path, f.sha256, f.size) for f in capture.files],
-                )
+                for capture in captures:
+                    rows.append(self._insert(cursor, capture))
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
+        return rows
+
+    def _insert(self, cursor: sqlite3.Cursor, capture: Capture) -> int:
+        data = json.dumps(to_json(capture), ensure_ascii=False)
+        cursor.execute(
+            "INSERT INTO captures (canonical, url, kind, fetcher, outcome, started, ended, http_status, "
+            "error, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                capture.canonical,
+                capture.url,
+                capture.kind,
+                capture.fetcher,
+                capture.outcome,
+                capture.started,
+                capture.ended,
+                capture.http_status,
+                capture.error,
+                data,
+            ),
+        )
+        row_id = int(cursor.lastrowid or 0)
+        cursor.executemany(
+            "INSERT INTO files (capture_id, path, sha256, size) VALUES (?, ?, ?, ?)",
+            [(row_id, f.path, f.sha256, f.size) for f in capture.files],
+        )
         return row_id
 
     def held(self, canonical: str, fetcher: str, recapture_after: float | None = None) -> Capture | None:

@@ -106,7 +106,10 @@ def to_json(record: Any) -> Any:
     if isinstance(record, Rejected):
         return {"link": to_json(record.link), "reason": record.reason}
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        return {k: to_json(v) for k, v in dataclasses.asdict(record).items()}
+        # field by field, shallow: dataclasses.asdict deep-copies every value and was a hot spot
+        return {f.name: to_json(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, dict):
+        return {k: to_json(v) for k, v in record.items()}
     if isinstance(record, (list, tuple)):
         return [to_json(v) for v in record]
     return record

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from pipeline import __version__
 from pipeline.capture.guard import BlockedAddress, Resolver
 from pipeline.capture.http import HttpFetcher, tool_versions
-from pipeline.capture.warc import WarcFile
+from pipeline.capture.warc import WarcFile, fsync_dir
 from pipeline.config import CaptureSettings
 from pipeline.ledger import Ledger
 from pipeline.records import Capture, CapturedFile, Target, target_key
@@ -77,33 +77,49 @@ class Capturer:
         results: dict[int, list[Capture]] = {}
         pending: dict[Future[list[Capture]], int] = {}
         fetchable = [(i, t) for i, t in enumerate(targets) if t.fetchable]
+        recapture = self.settings.recapture_seconds()
+
+        def submit(pool: ThreadPoolExecutor, index: int, target: Target) -> None:
+            # what is held is read here, on the main thread, so workers never wait on the ledger's lock
+            held = {f: self.ledger.held(target.canonical, f, recapture) for f in ("http", "media")}
+            pending[pool.submit(self.capture_target, target, held)] = index
+
         with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="capture") as pool:
             queue = iter(fetchable)
             # bounded: never more than 2 x workers targets in flight, so memory stays flat on huge lists
             for index, target in _take(queue, 2 * self.settings.workers):
-                pending[pool.submit(self.capture_target, target)] = index
+                submit(pool, index, target)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished: list[tuple[int, list[Capture]]] = []
                 for future in done:
                     index = pending.pop(future)
-                    target = targets[index]
                     try:
                         captures = future.result()
                     except Exception as exc:  # a bug or a disk error: the target failed, the run goes on
-                        captures = [_failed(target, "http", f"internal error: {type(exc).__name__}: {exc}")]
-                    for capture in captures:
-                        if capture.outcome != "skipped":
-                            self.ledger.record(capture)
+                        error = f"internal error: {type(exc).__name__}: {exc}"
+                        captures = [_failed(targets[index], "http", error)]
+                    finished.append((index, captures))
+                # everything that finished meanwhile is committed in one transaction: one disk sync for all,
+                # after the directory holding the renamed WARC files is synced (once, not once per file)
+                fsync_dir(self.out_dir / "warc")
+                self.ledger.record_many([c for _, caps in finished for c in caps if c.outcome != "skipped"])
+                for index, captures in finished:
                     results[index] = captures
                     if progress is not None:
-                        progress(target, captures)
-                    for next_index, next_target in _take(queue, 1):
-                        pending[pool.submit(self.capture_target, next_target)] = next_index
+                        progress(targets[index], captures)
+                for next_index, next_target in _take(queue, len(finished)):
+                    submit(pool, next_index, next_target)
         return [c for i in sorted(results) for c in results[i]]
 
-    def capture_target(self, target: Target) -> list[Capture]:
-        """All captures one target needs (the page or file, and its media), into one WARC file."""
-        recapture = self.settings.recapture_seconds()
+    def capture_target(self, target: Target, held: dict[str, Capture | None] | None = None) -> list[Capture]:
+        """All captures one target needs (the page or file, and its media), into one WARC file.
+
+        `held` maps each fetcher to the capture the ledger already holds (read by the caller); without it
+        the ledger is asked here."""
+        if held is None:
+            recapture = self.settings.recapture_seconds()
+            held = {f: self.ledger.held(target.canonical, f, recapture) for f in ("http", "media")}
         media = self.wants_media(target)
         # a media file is stored once: a direct link to one goes to yt-dlp only, not also into the WARC
         direct_media = media and target.kind in ("video", "audio") and _is_media_file(target.url)
@@ -111,11 +127,12 @@ class Capturer:
         skipped = []
         todo = []
         for fetcher in fetchers:
-            held = self.ledger.held(target.canonical, fetcher, recapture)
-            if held is None:
+            previous = held.get(fetcher)
+            if previous is None:
                 todo.append(fetcher)
             else:
-                skipped.append(replace(held, outcome="skipped", details={**held.details, "held_since": held.ended}))
+                details = {**previous.details, "held_since": previous.ended}
+                skipped.append(replace(previous, outcome="skipped", details=details))
         if not todo:
             return skipped
         key = target_key(target.canonical)
@@ -123,7 +140,7 @@ class Capturer:
         warc_name = f"warc/{key}-{stamp}.warc.gz"
         captures: list[Capture] = []
         info = {"operator-software": SOFTWARE, "isPartOf": target.canonical, "description": "preserve capture"}
-        with WarcFile(self.out_dir / warc_name, software=SOFTWARE, info=info) as warc:
+        with WarcFile(self.out_dir / warc_name, software=SOFTWARE, info=info, sync_dir=False) as warc:
             if "http" in todo:
                 captures.append(
                     self.http.capture(
@@ -132,8 +149,7 @@ class Capturer:
                 )
             page = captures[0] if captures else None
             embeds_media = page is not None and page.outcome == "ok" and page.details.get("embeds_media")
-            wanted = self.settings.media and embeds_media and "media" not in todo
-            if wanted and self.ledger.held(target.canonical, "media", recapture) is None:
+            if self.settings.media and embeds_media and "media" not in todo and held.get("media") is None:
                 todo.append("media")
             refused = self.media_check(target.url) if "media" in todo else None
             if refused is not None:

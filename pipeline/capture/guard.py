@@ -131,8 +131,9 @@ class _GuardedConnectionMixin:
         raise urllib3.exceptions.NewConnectionError(self, f"Failed to connect to {host}: {error}")  # type: ignore[arg-type]
 
 
-def guarded_session(policy: AddressPolicy, pool_size: int = 16) -> requests.Session:
-    """A requests Session whose every connection goes through the address policy."""
+def guarded_session(policy: AddressPolicy, hosts: int = 64, per_host: int = 4) -> requests.Session:
+    """A requests Session whose every connection goes through the address policy; it keeps connection
+    pools for `hosts` hosts with up to `per_host` idle connections each."""
     http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), {"policy": policy})
     https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), {"policy": policy})
     http_pool = type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
@@ -144,7 +145,7 @@ def guarded_session(policy: AddressPolicy, pool_size: int = 16) -> requests.Sess
             self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
 
     session = requests.Session()
-    adapter = GuardedAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    adapter = GuardedAdapter(pool_connections=hosts, pool_maxsize=per_host, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.trust_env = False  # no proxies or .netrc credentials picked up from the environment

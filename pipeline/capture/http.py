@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import os
 import random
 import re
 import sys
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -75,7 +74,8 @@ def tool_versions() -> dict[str, str]:
 
 @dataclass
 class Exchange:
-    """One request and its response as seen on the wire, the body spooled to `body_path` and hashed."""
+    """One request and its response as seen on the wire, the body spooled (memory up to 1 MiB, then a
+    temporary file) and hashed."""
 
     url: str
     method: str
@@ -84,7 +84,7 @@ class Exchange:
     status: int
     status_line: str
     headers: list[tuple[str, str]]
-    body_path: Path
+    body: IO[bytes]
     size: int
     sha256: str
     sha512: str
@@ -102,7 +102,7 @@ class Exchange:
         return self.content_type.split(";")[0].strip().lower() in _HTML_TYPES
 
     def discard(self) -> None:
-        self.body_path.unlink(missing_ok=True)
+        self.body.close()  # a spooled temporary file: closing removes it
 
 
 @dataclass
@@ -131,7 +131,10 @@ class HttpFetcher:
             resolver=resolver or system_resolver,
             allowed_networks=tuple(settings.allowed_networks),
         )
-        self.session = guarded_session(self.policy, pool_size=max(4, settings.workers))
+        # keep-alive pools for many hosts (requests drops the least recently used pool beyond this number)
+        self.session = guarded_session(
+            self.policy, hosts=max(64, 4 * settings.workers), per_host=max(2, settings.per_host_concurrency)
+        )
         self.session.headers["User-Agent"] = settings.user_agent
         self.gate = gate or HostGate(settings.per_host_concurrency, settings.per_host_rate)
         self.tmp_dir = tmp_dir
@@ -177,23 +180,22 @@ class HttpFetcher:
         request_headers = [("Host", urlsplit(url).netloc), *((str(k), str(v)) for k, v in request.headers.items())]
         sha256, sha512, block = hashlib.sha256(), hashlib.sha512(), hashlib.sha256(head)
         size = 0
-        fd, name = tempfile.mkstemp(prefix="body-", dir=self.tmp_dir)
-        path = Path(name)
+        # small bodies stay in memory: a temporary file per page cost more than the hashing
+        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=CHUNK, prefix="body-", dir=self.tmp_dir)  # noqa: SIM115 - closed by Exchange.discard
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in raw.stream(CHUNK, decode_content=False):
-                    size += len(chunk)
-                    if size > limit:
-                        raise FetchError(f"{url}: body is over the limit of {limit} bytes", retryable=False)
-                    sha256.update(chunk)
-                    sha512.update(chunk)
-                    block.update(chunk)
-                    out.write(chunk)
+            for chunk in raw.stream(CHUNK, decode_content=False):
+                size += len(chunk)
+                if size > limit:
+                    raise FetchError(f"{url}: body is over the limit of {limit} bytes", retryable=False)
+                sha256.update(chunk)
+                sha512.update(chunk)
+                block.update(chunk)
+                spool.write(chunk)
         except FetchError:
-            path.unlink(missing_ok=True)
+            spool.close()
             raise
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
-            path.unlink(missing_ok=True)
+            spool.close()
             raise FetchError(f"{url}: connection broken after {size} bytes: {_one_line(exc)}", retryable=True) from None
         return Exchange(
             url=url,
@@ -203,7 +205,7 @@ class HttpFetcher:
             status=response.status_code,
             status_line=status_line,
             headers=headers,
-            body_path=path,
+            body=spool,
             size=size,
             sha256=sha256.hexdigest(),
             sha512=sha512.hexdigest(),
@@ -267,20 +269,20 @@ class HttpFetcher:
                 date=exchange.started,
             )
             level = 1 if _already_compressed(exchange) else self.settings.warc_compresslevel
-            with exchange.body_path.open("rb") as body:
-                response = warc.write_response(
-                    exchange.url,
-                    status_line=exchange.status_line,
-                    headers=exchange.headers,
-                    body=body,
-                    body_length=exchange.size,
-                    payload_sha256=exchange.sha256,
-                    block_sha256=exchange.block_sha256,
-                    date=exchange.started,
-                    ip_address=exchange.peer,
-                    concurrent_to=request.record_id,
-                    compresslevel=level,
-                )
+            exchange.body.seek(0)
+            response = warc.write_response(
+                exchange.url,
+                status_line=exchange.status_line,
+                headers=exchange.headers,
+                body=exchange.body,
+                body_length=exchange.size,
+                payload_sha256=exchange.sha256,
+                block_sha256=exchange.block_sha256,
+                date=exchange.started,
+                ip_address=exchange.peer,
+                concurrent_to=request.record_id,
+                compresslevel=level,
+            )
         finally:
             exchange.discard()
         return [
@@ -315,7 +317,8 @@ class HttpFetcher:
             location = exchange.header("Location") if exchange.status in REDIRECT_STATUSES else None
             head = b""
             if location is None and (exchange.is_html or "css" in exchange.content_type.lower()):
-                head = _read_head(exchange.body_path, 4 * CHUNK)
+                exchange.body.seek(0)
+                head = exchange.body.read(4 * CHUNK)
             result.records.extend(self.record(warc, warc_name, exchange))
             if location is None:
                 return exchange, current, head
@@ -421,11 +424,6 @@ def _already_compressed(exchange: Exchange) -> bool:
     if encoding and encoding != "identity":
         return True
     return bool(_COMPRESSED_TYPES.match(exchange.content_type.strip()))
-
-
-def _read_head(path: Path, limit: int) -> bytes:
-    with path.open("rb") as handle:
-        return handle.read(limit)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -79,11 +79,13 @@ class WarcFile:
         info: dict[str, str] | None = None,
         record_id_factory: Callable[[], str] | None = None,
         clock: Callable[[], datetime] | None = None,
+        sync_dir: bool = True,
     ) -> None:
         """Create `<path>.part` and write the warcinfo record.
 
         `software` names the producer and its version (e.g. ``preserve-pipeline/0.1.0``); `info` adds or
-        overrides warcinfo fields (`format` and `conformsTo` default to WARC 1.1). Refuses to start if
+        overrides warcinfo fields (`format` and `conformsTo` default to WARC 1.1). `sync_dir=False` leaves
+        the fsync of the directory (which makes the rename durable) to a caller that batches it. Refuses to start if
         `path` or `<path>.part` exists: the first is finished evidence, the second another (or a crashed)
         writer's.
         """
@@ -97,6 +99,7 @@ class WarcFile:
         self._clock = clock or _utc_now
         self._warcinfo_id: str | None = None
         self._state = "open"
+        self._sync_dir = sync_dir
         # Digests of the finished file, computed while writing; None if a record had to be patched in place.
         self.sha256: str | None = None
         self.sha512: str | None = None
@@ -226,7 +229,8 @@ class WarcFile:
             self._state = "failed"
             raise FileExistsError(f"{self.path} appeared while writing; {self.part_path} kept")
         os.replace(self.part_path, self.path)
-        _fsync_dir(self.path.parent)
+        if self._sync_dir:
+            fsync_dir(self.path.parent)
         self._state = "closed"
         return self.path
 
@@ -637,7 +641,7 @@ def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return _gf2_mulmod(power, crc1) ^ crc2
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist the rename itself (the directory entry), not only the file's data."""
     fd = os.open(directory, os.O_RDONLY)
     try:

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS files (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
+CREATE TABLE IF NOT EXISTS bag_files (
+    path TEXT PRIMARY KEY,
+    bag TEXT NOT NULL
+);
 """
 
 
@@ -136,6 +140,28 @@ class Ledger:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [capture_from_json(json.loads(row[0])) for row in rows]
+
+    def bags_holding(self, paths: list[str]) -> dict[str, str]:
+        """Which bag already holds each of these captured files (absent: none yet)."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for path in paths:
+                row = self._db.execute("SELECT bag FROM bag_files WHERE path = ?", (path,)).fetchone()
+                if row is not None:
+                    found[path] = row[0]
+        return found
+
+    def assign_bag(self, paths: list[str], bag: str) -> None:
+        """Record that a published bag holds these captured files (stored bags are immutable)."""
+        with self._lock:
+            cursor = self._db.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.executemany("INSERT INTO bag_files (path, bag) VALUES (?, ?)", [(p, bag) for p in paths])
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
 
     def referenced_paths(self) -> set[str]:
         with self._lock:

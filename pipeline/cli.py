@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -17,8 +20,9 @@ from rich.table import Table
 from pipeline import __version__
 from pipeline.config import ConfigError, LoadedConfig, load_config
 from pipeline.records import Capture, Link, Target, to_json
-from pipeline.resolve import resolve
-from pipeline.run import NOT_YET, LinkListing, list_links, new_run_id, write_targets
+from pipeline.resolve import Resolution, resolve
+from pipeline.run import NOT_YET, LinkListing, list_links, new_run_id
+from pipeline.runrecord import RunRecord, read_run, write_jsonl, write_run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -43,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     capture.add_argument("--format", choices=("table", "jsonl"), default="table")
 
+    package = sub.add_parser("package", help="build BagIt bags from a capture run")
+    package.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run directory (run.json)")
+    package.add_argument("--config", type=Path, help="run config (YAML): bag-info fields, output locations")
+    package.add_argument("--out", type=Path, help="where bags go (default: output.bags_dir of the config)")
+
     run = sub.add_parser("run", help="a batch run over the documents of a config")
     run.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     run.add_argument("--only", action="append", default=[], metavar="DOC", help="only this document (repeatable)")
@@ -62,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "capture":
             return _capture(args)
+        if args.command == "package":
+            return _package(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -139,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     listing = list_links(paths, loaded)
     run_id = new_run_id()
     out = loaded.output_path(loaded.config.output.runs_dir) / run_id / "targets.jsonl"
-    write_targets(out, listing.targets)
+    write_jsonl(out, listing.targets)
     _print_table(listing.targets, Console())
     kinds: dict[str, int] = {}
     for target in listing.targets:
@@ -161,10 +172,12 @@ def _capture(args: argparse.Namespace) -> int:
     resolution = resolve(links)
     failures = [f"{item.link.href[:200]}: not captured: {item.reason}" for item in resolution.rejected]
     out_dir: Path = args.out
+    started = datetime.now(UTC)
     with Ledger(out_dir / "ledger.sqlite") as ledger:
         capturer = Capturer(out_dir, loaded.config.capture, ledger, allow_private=True if args.allow_private else None)
         with _progress(len(resolution.targets)) as advance:
             captures = capturer.run(resolution.targets, progress=advance)
+    _record_capture_run(args, loaded, out_dir, started, resolution, captures)
     for capture in captures:
         if capture.outcome == "failed":
             failures.append(f"{capture.url}: {capture.fetcher} capture failed: {capture.error}")
@@ -176,6 +189,87 @@ def _capture(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _record_capture_run(
+    args: argparse.Namespace,
+    loaded: LoadedConfig,
+    out_dir: Path,
+    started: datetime,
+    resolution: Resolution,
+    captures: Sequence[Capture],
+) -> Path:
+    """A one-off capture's "document" is the command itself: what was asked, by whom, when."""
+    run_id = new_run_id(started)
+    command = shlex.join(["preserve", "capture", *args.urls])
+    operator = {**loaded.config.bag.operator, "user": getpass.getuser()}
+    description = f"command: {command}\noperator: {operator['user']}\ntime: {started.isoformat()}\n"
+    record = RunRecord(
+        run_id=run_id,
+        created=started.isoformat(),
+        capture_dir=str(out_dir.resolve()),
+        ledger=str((out_dir / "ledger.sqlite").resolve()),
+        config_digest=loaded.digest,
+        operator=operator,
+        documents=[
+            {"source": "command line", "id": f"capture-{run_id}", "file_name": "command.txt", "content": description}
+        ],
+    )
+    run_dir = out_dir / "runs" / run_id
+    write_run(run_dir, record, resolution.targets, captures, resolution.rejected)
+    return run_dir
+
+
+def _package(args: argparse.Namespace) -> int:
+    from pipeline.ledger import Ledger
+    from pipeline.package import BagSettings, Document, PackageError, package_document
+
+    loaded = load_config(args.config)
+    try:
+        record, targets, captures, rejected = read_run(args.run)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    output = loaded.config.output
+    bags_dir = args.out or loaded.output_path(output.bags_dir)
+    bag = loaded.config.bag
+    settings = BagSettings(source_organization=bag.source_organization, contact_email=bag.contact_email)
+    failed = 0
+    with Ledger(Path(record.ledger)) as ledger:
+        for doc in record.documents:
+            content = doc.get("content")
+            document = Document(
+                source=doc["source"],
+                id=doc["id"],
+                path=Path(doc["path"]) if doc.get("path") else None,
+                content=content.encode("utf-8") if isinstance(content, str) else None,
+                file_name=doc.get("file_name"),
+            )
+            try:
+                result = package_document(
+                    document,
+                    targets,
+                    captures,
+                    capture_dir=Path(record.capture_dir),
+                    bags_dir=bags_dir,
+                    manifests_dir=loaded.output_path(output.manifests_dir),
+                    ledger=ledger,
+                    run_id=record.run_id,
+                    config_digest=record.config_digest,
+                    settings=settings,
+                    operator=record.operator,
+                    rejected=rejected,
+                )
+            except PackageError as exc:
+                failed += 1
+                print(f"error: {document.source}: not packaged: {exc}", file=sys.stderr)
+                continue
+            if result.bag is None:
+                print(f"no bag  {document.source}: {result.reason} (manifest {result.manifest_path})")
+            else:
+                built = result.bag
+                print(f"bag     {built.path}  {built.payload_oxum} ({built.bag_size})  manifest {result.manifest_path}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _print_captures(captures: Sequence[Capture], out_dir: Path) -> None:

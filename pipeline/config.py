@@ -51,6 +51,7 @@ class Output(_Strict):
     state_dir: str = "state"
     runs_dir: str = "runs"
     manifests_dir: str = "archive_manifests"
+    bags_dir: str = "bags"
     store_dir: str = "store"
 
 
@@ -96,6 +97,14 @@ class CaptureSettings(_Strict):
         return float(self.recapture_after[:-1]) * units[self.recapture_after[-1]]
 
 
+class BagConfig(_Strict):
+    """Who the bags say they come from (bag-info.txt) and operator fields for provenance manifests."""
+
+    source_organization: str = "Unnamed archive"
+    contact_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
+    operator: dict[str, str] = Field(default_factory=dict)
+
+
 class Config(_Strict):
     documents: list[DocumentSource] = Field(default_factory=list)
     base_urls: list[BaseUrlRule] = Field(default_factory=list)
@@ -103,6 +112,7 @@ class Config(_Strict):
     wiki_base: HttpUrl = HttpUrl(DEFAULT_WIKI_BASE)
     output: Output = Field(default_factory=Output)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    bag: BagConfig = Field(default_factory=BagConfig)
 
     @field_validator("wiki_base")
     @classmethod

@@ -6,8 +6,6 @@ links of every document in the config and writes them to `runs/<run id>/targets.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import LoadedConfig
 from pipeline.extract import DocumentError, ExtractResult, extract_file
-from pipeline.records import Link, Rejected, Target, to_json
+from pipeline.records import Link, Rejected, Target
 from pipeline.resolve import resolve
 
 NOT_YET = (
@@ -81,15 +79,3 @@ def display_path(path: Path) -> str:
 def new_run_id(now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def write_targets(path: Path, targets: Sequence[Target]) -> None:
-    """Write targets as JSON lines, atomically: a crash never leaves a half-written file under the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for target in targets:
-            handle.write(json.dumps(to_json(target), ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)

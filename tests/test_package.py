@@ -246,3 +246,60 @@ def test_schema_is_published_and_rejects_a_bad_manifest() -> None:
     assert schema()["$id"].endswith("provenance-v1.json")
     with pytest.raises(Exception, match="provenance manifest invalid"):
         validate({"$schema": schema()["$id"], "bag": 3})
+
+
+def test_capture_then_package_commands(site, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "capture:\n  media: false\n  per_host_rate: 1000\n"
+        "bag:\n  source_organization: Test Archive\n  contact_email: archive@example.org\n"
+        f"output:\n  manifests_dir: {tmp_path / 'manifests'}\n  bags_dir: {tmp_path / 'bags'}\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    captured = subprocess.run(
+        [
+            *cli,
+            "capture",
+            site.url("/page.html"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "cap"),
+            "--allow-private",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert captured.returncode == 0, captured.stderr
+    (run_dir,) = (tmp_path / "cap" / "runs").iterdir()
+    packaged = subprocess.run(
+        [*cli, "package", "--run", str(run_dir), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert packaged.returncode == 0, packaged.stderr
+    (bag_path,) = (tmp_path / "bags").iterdir()
+    assert f"bag     {bag_path}" in packaged.stdout
+    assert bagit_validate(bag_path).returncode == 0
+    command = (bag_path / "data" / "document" / "command.txt").read_text()
+    assert f"preserve capture {site.url('/page.html')}" in command and "operator:" in command
+    info = bagit.Bag(str(bag_path)).info
+    assert info["Source-Organization"] == "Test Archive" and info["Contact-Email"] == "archive@example.org"
+    assert (tmp_path / "manifests" / f"{bag_path.name}.json").exists()
+    again = subprocess.run(
+        [*cli, "package", "--run", str(run_dir), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert again.returncode == 0 and again.stdout.startswith("no bag")
+    assert len(list((tmp_path / "bags").iterdir())) == 1
+    bad = subprocess.run([*cli, "package", "--run", str(tmp_path)], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr

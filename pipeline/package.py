@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,9 +117,15 @@ def slugify(text: str) -> str:
     return sanitize_name(slug or "document")[:80]
 
 
-def payload_from_capture(file: CapturedFile, capture_dir: Path) -> PayloadFile:
-    """A captured file as bag payload: `warc/x` and `media/k/y` keep their place under `data/`."""
-    parts = [sanitize_name(p) for p in Path(file.path).parts]
+def payload_from_capture(
+    file: CapturedFile, capture_dir: Path, taken: dict[str, set[str]] | None = None
+) -> PayloadFile:
+    """A captured file as bag payload: `warc/x` and `media/k/y` keep their place under `data/`, each segment
+    sanitised, and unique within its directory when `taken` (names used so far, per directory) is given."""
+    *directories, name = Path(file.path).parts
+    clean = [sanitize_name(d) for d in directories]  # our own names: warc/, media/<target id>/
+    used = None if taken is None else taken.setdefault("/".join(clean), set())
+    parts = [*clean, sanitize_name(name, used)]
     return PayloadFile(
         path="data/" + "/".join(parts),
         size=file.size,
@@ -164,8 +171,9 @@ def build_bag(
             raise PackageError(f"{name}: unsafe payload path {path!r}")
     try:
         building.mkdir()
+        made: set[Path] = set()
         for file in files:
-            _place(building, file)
+            _place(building, file, made)
         oxum = f"{sum(f.size for f in files)}.{len(files)}"
         size = _human_size(sum(f.size for f in files))
         fields = [
@@ -199,18 +207,24 @@ def build_bag(
     return BuiltBag(name=name, path=final, payload_oxum=oxum, bag_size=size, files=list(files), tag_digests=digests)
 
 
-def _place(root: Path, file: PayloadFile) -> None:
+def _place(root: Path, file: PayloadFile, made: set[Path]) -> None:
     target = root / file.path
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.parent not in made:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        made.add(target.parent)
     if file.content is not None:
         _write_synced(target, file.content)
         return
     if file.source is None:
         raise PackageError(f"{file.path}: no source and no content")
-    if not file.source.is_file() or file.source.is_symlink():
-        raise PackageError(f"{file.source}: captured file is missing")
-    if file.source.stat().st_size != file.size:
-        raise PackageError(f"{file.source}: size {file.source.stat().st_size} differs from the recorded {file.size}")
+    try:
+        status = os.lstat(file.source)
+    except FileNotFoundError:
+        raise PackageError(f"{file.source}: captured file is missing") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise PackageError(f"{file.source}: captured file is not a regular file")
+    if status.st_size != file.size:
+        raise PackageError(f"{file.source}: size {status.st_size} differs from the recorded {file.size}")
     try:
         os.link(file.source, target)  # same bytes, no copy and no read: the capture's digests stand
     except OSError:
@@ -344,7 +358,8 @@ def package_document(
     while (bags_dir / name).exists() or (manifests_dir / f"{name}.json").exists():
         stamp += timedelta(seconds=1)  # two runs in one second: the next free name, never an overwrite
         name = bag_name(slugify(document.id), stamp)
-    payload = [payload_from_capture(f, capture_dir) for f in dict.fromkeys(new_files)]
+    taken: dict[str, set[str]] = {}
+    payload = [payload_from_capture(f, capture_dir, taken) for f in dict.fromkeys(new_files)]
     paths_in_bag = {f.path: p.path for f, p in zip(dict.fromkeys(new_files), payload, strict=True)}
     common = {
         "run_id": run_id,

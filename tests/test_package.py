@@ -303,3 +303,13 @@ def test_capture_then_package_commands(site, tmp_path: Path) -> None:
     assert len(list((tmp_path / "bags").iterdir())) == 1
     bad = subprocess.run([*cli, "package", "--run", str(tmp_path)], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_captured_names_that_sanitise_alike_stay_distinct(tmp_path: Path) -> None:
+    from pipeline.package import payload_from_capture
+    from pipeline.records import CapturedFile
+
+    taken: dict[str, set[str]] = {}
+    files = [CapturedFile(f"media/k/{name}", 1, "0" * 64, "0" * 128) for name in ("a%b.mp4", "a_b.mp4", "A_B.mp4")]
+    paths = [payload_from_capture(f, tmp_path, taken).path for f in files]
+    assert paths == ["data/media/k/a_b.mp4", "data/media/k/a_b (2).mp4", "data/media/k/A_B (3).mp4"]

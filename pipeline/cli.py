@@ -19,6 +19,7 @@ from rich.table import Table
 
 from pipeline import __version__
 from pipeline.config import ConfigError, LoadedConfig, load_config
+from pipeline.manifest import record_copies
 from pipeline.records import Capture, Link, Target, to_json
 from pipeline.resolve import Resolution, resolve
 from pipeline.run import NOT_YET, LinkListing, list_links, new_run_id
@@ -52,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     package.add_argument("--config", type=Path, help="run config (YAML): bag-info fields, output locations")
     package.add_argument("--out", type=Path, help="where bags go (default: output.bags_dir of the config)")
 
+    upload = sub.add_parser("upload", help="store bags (local directory or S3), verified end to end")
+    upload.add_argument("bags", nargs="+", type=Path, metavar="BAG", help="bag directories")
+    upload.add_argument("--store", help="store name from the config, s3://bucket/prefix, or a directory")
+    upload.add_argument("--config", type=Path, help="run config (YAML): stores, manifests directory")
+    upload.add_argument("--verify", action="store_true", help="read every object back and hash it")
+
     run = sub.add_parser("run", help="a batch run over the documents of a config")
     run.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     run.add_argument("--only", action="append", default=[], metavar="DOC", help="only this document (repeatable)")
@@ -73,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _capture(args)
         if args.command == "package":
             return _package(args)
+        if args.command == "upload":
+            return _upload(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -269,6 +278,40 @@ def _package(args: argparse.Namespace) -> int:
             else:
                 built = result.bag
                 print(f"bag     {built.path}  {built.payload_oxum} ({built.bag_size})  manifest {result.manifest_path}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from pipeline.store import StoreError, open_store
+    from pipeline.store.base import BagUploadError
+
+    loaded = load_config(args.config)
+    try:
+        store = open_store(args.store, loaded)
+        check = getattr(store, "check", None)
+        if check is not None:
+            check()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    manifests = loaded.output_path(loaded.config.output.manifests_dir)
+    failed = 0
+    for bag in args.bags:
+        manifest = manifests / f"{bag.name}.json"
+        try:
+            result = store.upload_bag(bag, manifest if manifest.is_file() else None, verify=args.verify)
+        except (BagUploadError, StoreError) as exc:
+            failed += 1
+            print(f"error: {bag}: not stored: {exc}", file=sys.stderr)
+            continue
+        if manifest.is_file():
+            record_copies(manifest, result)
+        sent = len(result.objects) - result.skipped
+        print(
+            f"stored  {bag.name} -> {result.store}{bag.name}/  {len(result.objects)} objects "
+            f"({sent} sent, {result.skipped} already there), {result.bytes_sent} bytes sent"
+            + (", every object read back and verified" if args.verify else "")
+        )
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -105,6 +105,34 @@ class BagConfig(_Strict):
     operator: dict[str, str] = Field(default_factory=dict)
 
 
+class StoreConfig(_Strict):
+    """One named store. Credentials are never configured here: boto3's standard chain provides them."""
+
+    type: Literal["local", "s3"]
+    path: str | None = None  # local: directory (default output.store_dir)
+    prefix: str = ""
+    bucket: str | None = None
+    endpoint_url: HttpUrl | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] | None = None
+    # `when_required` for stores that reject botocore 1.36+'s default CRC headers (older MinIO, Ceph RGW,
+    # Backblaze B2, Wasabi and others): see README
+    checksum_mode: Literal["when_supported", "when_required"] = "when_supported"
+    multipart_threshold_mib: int = Field(64, ge=5)
+    part_size_mib: int = Field(16, ge=5)
+    concurrency: int = Field(4, ge=1, le=64)
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
+    object_lock_days: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> StoreConfig:
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("an s3 store needs a bucket")
+        if (self.object_lock_mode is None) != (self.object_lock_days is None):
+            raise ValueError("object_lock_mode and object_lock_days go together")
+        return self
+
+
 class Config(_Strict):
     documents: list[DocumentSource] = Field(default_factory=list)
     base_urls: list[BaseUrlRule] = Field(default_factory=list)
@@ -113,6 +141,8 @@ class Config(_Strict):
     output: Output = Field(default_factory=Output)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     bag: BagConfig = Field(default_factory=BagConfig)
+    stores: dict[str, StoreConfig] = Field(default_factory=dict)
+    default_store: str = "local"
 
     @field_validator("wiki_base")
     @classmethod

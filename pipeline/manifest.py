@@ -196,5 +196,31 @@ def write(manifest: dict[str, Any], path: Path) -> bytes:
     return data
 
 
+def record_copies(path: Path, result: Any) -> None:
+    """Add where a bag's copies went (URI, version id, ETag, checksum) to the local archive manifest.
+
+    Only the local copy under archive_manifests/ gains this: the bag's own data/provenance.json was
+    sealed by its manifests before any copy existed."""
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    copies = manifest.setdefault("copies", [])
+    stamp = datetime.now(UTC).isoformat()
+    for stored in [*result.objects, *result.manifest_copies]:
+        copies.append(
+            {
+                "store": result.store,
+                "path": stored.relpath,
+                "uri": stored.uri,
+                "sha256": stored.sha256,
+                "version_id": stored.version_id,
+                "etag": stored.etag,
+                "checksum": stored.checksum,
+                "already_stored": stored.skipped,
+                "recorded": stamp,
+            }
+        )
+    validate(manifest)
+    write(manifest, path)
+
+
 def encode(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

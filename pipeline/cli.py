@@ -299,7 +299,7 @@ def _upload(args: argparse.Namespace) -> int:
     for bag in args.bags:
         manifest = manifests / f"{bag.name}.json"
         try:
-            result = store.upload_bag(bag, manifest if manifest.is_file() else None, verify=args.verify)
+            result = store.upload_bag(bag, verify=args.verify)
         except (BagUploadError, StoreError) as exc:
             failed += 1
             print(f"error: {bag}: not stored: {exc}", file=sys.stderr)

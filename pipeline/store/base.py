@@ -3,7 +3,8 @@
 Uploads send the payload first and the tag files after it, `bagit.txt` last, so a bag that was only
 partly uploaded has no `bagit.txt` and never looks complete. An object already stored with the same
 sha256 is skipped, so an interrupted upload run again sends only what did not arrive; an object stored
-with different bytes is never overwritten: that stops the bag's upload and is reported.
+with different bytes is never overwritten: that stops the bag's upload and is reported. A bag's own
+`data/provenance.json` is also stored beside it (`<bag>.provenance.json`) and under `archive_manifests/`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class LocalStore:
     def uri(self) -> str:
         return self.base.resolve().as_uri() + "/"
 
-    def upload_bag(self, bag: Path, manifest: Path | None = None, verify: bool = False) -> UploadResult:
+    def upload_bag(self, bag: Path, verify: bool = False) -> UploadResult:
         """Store a bag (idempotent, resumable, never overwriting) and its provenance manifest beside it and
         under `archive_manifests/`."""
         name = bag.name
@@ -44,7 +44,8 @@ class LocalStore:
             result.objects.append(stored)
             if not stored.skipped:
                 result.bytes_sent += file.size
-        if manifest is not None and manifest.is_file():
+        manifest = bag / "data" / "provenance.json"  # sealed by the bag's manifests: never changes
+        if manifest.is_file():
             digest = sha256_of(manifest)
             for key in (f"{name}.provenance.json", f"archive_manifests/{name}.json"):
                 copy = self._put(manifest, self.base / key, digest, manifest.stat().st_size)

@@ -97,7 +97,7 @@ class S3Store:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise StoreError(f"{self.uri}: cannot use the bucket: {_message(exc)}") from None
 
-    def upload_bag(self, bag: Path, manifest: Path | None = None, verify: bool = False) -> UploadResult:
+    def upload_bag(self, bag: Path, verify: bool = False) -> UploadResult:
         """Store a bag: payload first, tag files after, `bagit.txt` last; skip what is stored already."""
         name = bag.name
         result = UploadResult(bag=name, store=self.uri)
@@ -108,7 +108,8 @@ class S3Store:
             result.objects.append(stored)
             if not stored.skipped:
                 result.bytes_sent += file.size
-        if manifest is not None and manifest.is_file():
+        manifest = bag / "data" / "provenance.json"  # sealed by the bag's manifests: never changes
+        if manifest.is_file():
             digest = sha256_of(manifest)
             for key in (f"{name}.provenance.json", f"archive_manifests/{name}.json"):
                 copy = self._put(manifest, self.key(key), digest, manifest.stat().st_size, verify)

@@ -358,14 +358,7 @@ class WarcFile:
         except BaseException:
             self._roll_back(start)
             raise
-        named = dict(warc_headers)
-        return RecordRef(
-            record_id=named["WARC-Record-ID"],
-            record_type=named["WARC-Type"],
-            target_uri=named.get("WARC-Target-URI", ""),
-            offset=start,
-            length=end - start,
-        )
+        return _ref(warc_headers, start, end)
 
     def _write_in_order(
         self,
@@ -405,14 +398,7 @@ class WarcFile:
         except BaseException:
             self._roll_back(start)
             raise
-        named = dict(warc_headers)
-        return RecordRef(
-            record_id=named["WARC-Record-ID"],
-            record_type=named["WARC-Type"],
-            target_uri=named.get("WARC-Target-URI", ""),
-            offset=start,
-            length=end - start,
-        )
+        return _ref(warc_headers, start, end)
 
     def _roll_back(self, start: int) -> None:
         try:
@@ -527,6 +513,17 @@ def warc_date(when: datetime) -> str:
 
 
 # -- private helpers --------------------------------------------------------------------------------------
+
+
+def _ref(warc_headers: list[tuple[str, str]], start: int, end: int) -> RecordRef:
+    named = dict(warc_headers)
+    return RecordRef(
+        record_id=named["WARC-Record-ID"],
+        record_type=named["WARC-Type"],
+        target_uri=named.get("WARC-Target-URI", ""),
+        offset=start,
+        length=end - start,
+    )
 
 
 def _utc_now() -> datetime:

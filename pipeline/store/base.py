@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,28 @@ class UploadResult:
     @property
     def skipped(self) -> int:
         return sum(1 for o in self.objects if o.skipped)
+
+
+def upload_bag_with(bag: Path, store: str, put: Callable[[Path, str, str, int], StoredObject]) -> UploadResult:
+    """The upload every store does, `put(path, key under the store root, sha256, size)` being its own:
+    each file of the bag in order under `<bag>/`, then the bag's sealed `data/provenance.json` beside the
+    bag and under `archive_manifests/`."""
+    name = bag.name
+    result = UploadResult(bag=name, store=store)
+    for file in bag_files(bag):
+        stored = put(file.path, f"{name}/{file.relpath}", file.sha256 or sha256_of(file.path), file.size)
+        stored.relpath = file.relpath
+        result.objects.append(stored)
+        if not stored.skipped:
+            result.bytes_sent += file.size
+    manifest = bag / "data" / "provenance.json"  # sealed by the bag's manifests: never changes
+    if manifest.is_file():
+        digest = sha256_of(manifest)
+        for key in (f"{name}.provenance.json", f"archive_manifests/{name}.json"):
+            copy = put(manifest, key, digest, manifest.stat().st_size)
+            copy.relpath = key
+            result.manifest_copies.append(copy)
+    return result
 
 
 def decode_manifest_path(path: str) -> str:

@@ -11,14 +11,7 @@ import os
 from pathlib import Path
 
 from pipeline.capture.warc import fsync_dir
-from pipeline.store.base import (
-    CHUNK,
-    BagUploadError,
-    StoredObject,
-    UploadResult,
-    bag_files,
-    sha256_of,
-)
+from pipeline.store.base import CHUNK, BagUploadError, StoredObject, UploadResult, sha256_of, upload_bag_with
 
 
 class LocalStore:
@@ -32,26 +25,11 @@ class LocalStore:
         return self.base.resolve().as_uri() + "/"
 
     def upload_bag(self, bag: Path, verify: bool = False) -> UploadResult:
-        """Store a bag (idempotent, resumable, never overwriting) and its provenance manifest beside it and
-        under `archive_manifests/`."""
-        name = bag.name
-        result = UploadResult(bag=name, store=self.uri)
-        target_root = self.base / name
-        for file in bag_files(bag):
-            expected = file.sha256 or sha256_of(file.path)
-            stored = self._put(file.path, target_root / file.relpath, expected, file.size)
-            stored.relpath = file.relpath
-            result.objects.append(stored)
-            if not stored.skipped:
-                result.bytes_sent += file.size
-        manifest = bag / "data" / "provenance.json"  # sealed by the bag's manifests: never changes
-        if manifest.is_file():
-            digest = sha256_of(manifest)
-            for key in (f"{name}.provenance.json", f"archive_manifests/{name}.json"):
-                copy = self._put(manifest, self.base / key, digest, manifest.stat().st_size)
-                copy.relpath = key
-                result.manifest_copies.append(copy)
-        return result
+        """Store a bag: idempotent, resumable, never overwriting (every copy is checked as it is written,
+        so `verify` adds nothing here)."""
+        return upload_bag_with(
+            bag, self.uri, lambda path, key, sha256, size: self._put(path, self.base / key, sha256, size)
+        )
 
     def _put(self, source: Path, destination: Path, sha256: str, size: int) -> StoredObject:
         uri = destination.resolve().as_uri()

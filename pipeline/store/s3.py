@@ -26,14 +26,7 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from pipeline.store.base import (
-    BagUploadError,
-    StoredObject,
-    StoreError,
-    UploadResult,
-    bag_files,
-    sha256_of,
-)
+from pipeline.store.base import BagUploadError, StoredObject, StoreError, UploadResult, upload_bag_with
 
 MIB = 1 << 20
 
@@ -99,23 +92,9 @@ class S3Store:
 
     def upload_bag(self, bag: Path, verify: bool = False) -> UploadResult:
         """Store a bag: payload first, tag files after, `bagit.txt` last; skip what is stored already."""
-        name = bag.name
-        result = UploadResult(bag=name, store=self.uri)
-        for file in bag_files(bag):
-            expected = file.sha256 or sha256_of(file.path)
-            stored = self._put(file.path, self.key(f"{name}/{file.relpath}"), expected, file.size, verify)
-            stored.relpath = file.relpath
-            result.objects.append(stored)
-            if not stored.skipped:
-                result.bytes_sent += file.size
-        manifest = bag / "data" / "provenance.json"  # sealed by the bag's manifests: never changes
-        if manifest.is_file():
-            digest = sha256_of(manifest)
-            for key in (f"{name}.provenance.json", f"archive_manifests/{name}.json"):
-                copy = self._put(manifest, self.key(key), digest, manifest.stat().st_size, verify)
-                copy.relpath = key
-                result.manifest_copies.append(copy)
-        return result
+        return upload_bag_with(
+            bag, self.uri, lambda path, key, sha256, size: self._put(path, self.key(key), sha256, size, verify)
+        )
 
     # -- objects ----------------------------------------------------------------------------------------
 

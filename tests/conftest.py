@@ -1,3 +1,3 @@
-"""Shared test configuration: the local web site fixtures live in tests/support."""
+"""Shared test configuration: local web site and S3 fixtures live in tests/support."""
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.s3"]

@@ -110,7 +110,11 @@ class S3Store:
         uri = f"s3://{self.bucket}/{key}"
         existing = self.head(key)
         if existing is not None:
-            held = existing.get("Metadata", {}).get("sha256") or _hex_checksum(existing.get("ChecksumSHA256"))
+            # a single-part object's checksum is the server's own (S3 verifies it on arrival) and outranks the
+            # metadata we wrote; a multipart ETag (`...-N`) means a composite checksum that names no file digest
+            multipart = "-" in (existing.get("ETag") or "")
+            server = None if multipart else _hex_checksum(existing.get("ChecksumSHA256"))
+            held = server or existing.get("Metadata", {}).get("sha256")
             if held == sha256 and existing.get("ContentLength") == size:
                 return StoredObject("", uri, size, sha256, skipped=True, **_identity(existing))
             raise BagUploadError(
@@ -129,6 +133,11 @@ class S3Store:
             if problem is None:
                 return StoredObject("", uri, size, sha256, **stored)
             problems.append(problem)  # the bytes that arrived are not ours: send them again
+        # never leave wrong bytes under a key whose metadata claims the bag's sha256: a later run would skip them
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            problems.append(f"and the wrong object could not be removed ({_message(exc)}): remove it by hand")
         raise BagUploadError(f"{uri}: stored object does not match after 3 attempts: {'; '.join(problems)}")
 
     def _send(self, path: Path, key: str, sha256: str, size: int) -> dict[str, Any]:
@@ -144,6 +153,9 @@ class S3Store:
                     Key=key,
                     Body=body,
                     ContentLength=size,
+                    # the value is ours (the manifest's digest, not recomputed); naming the algorithm too makes
+                    # botocore send x-amz-sdk-checksum-algorithm, which Object Lock puts require
+                    ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
                     **extra,
                 )

@@ -1,0 +1,188 @@
+"""The S3 store against a real S3 HTTP endpoint on loopback (moto in server mode), through a proxy that
+counts bytes and injects faults. No in-process mocking of boto3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.package import build_bag, payload_from_bytes
+from pipeline.store.base import BagUploadError, bag_files
+from pipeline.store.s3 import S3Store
+from tests.support.s3 import s3_env
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+BUCKET = "archive"
+
+
+@pytest.fixture(autouse=True)
+def dummy_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """boto3's standard chain finds these (and no real configuration of this machine)."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in s3_env("http://127.0.0.1:1").items():
+        if not name.startswith("AWS_ENDPOINT"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+
+
+def make_bag(tmp_path: Path, big_mib: int = 11) -> Path:
+    files = [
+        payload_from_bytes("data/document/doc.md", b"# evidence\n"),
+        payload_from_bytes("data/warc/a.warc.gz", os.urandom(300_000)),
+        payload_from_bytes("data/media/k/clip [x] حارم.mp4", os.urandom(big_mib * MIB)),
+        payload_from_bytes("data/provenance.json", b'{"bag": "doc"}\n'),
+    ]
+    return build_bag(tmp_path / "bags", "doc_20261124T000000Z", files, [("Source-Organization", "test")]).path
+
+
+def store(endpoint: str, **kwargs) -> S3Store:
+    return S3Store(BUCKET, "bags", endpoint_url=endpoint, multipart_threshold=5 * MIB, part_size=5 * MIB, **kwargs)
+
+
+def stored_sha256(client, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in client.get_object(Bucket=BUCKET, Key=key)["Body"].iter_chunks(MIB):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def assert_bag_stored(client, bag: Path) -> None:
+    for file in bag_files(bag):
+        key = f"bags/{bag.name}/{file.relpath}"
+        expected = hashlib.sha256(file.path.read_bytes()).hexdigest()
+        assert stored_sha256(client, key) == expected, key
+        assert client.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == expected
+
+
+def test_bag_uploads_and_every_object_comes_back_as_bagged(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path)
+    result = store(fault_proxy.endpoint_url).upload_bag(bag)
+    client = moto_s3.client()
+    assert_bag_stored(client, bag)
+    assert result.bytes_sent == sum(f.size for f in bag_files(bag))
+    # payload first, tag files after, bagit.txt the last object written
+    puts = [e.path for e in fault_proxy.exchanges if e.method == "PUT" and f"/{bag.name}/" in e.path]
+    assert puts[-1].endswith(f"/{bag.name}/bagit.txt")
+    assert all("/data/" in p for p in puts[:3])
+    # the bag's provenance beside it and under archive_manifests/
+    for key in (f"bags/{bag.name}.provenance.json", f"bags/archive_manifests/{bag.name}.json"):
+        assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b'{"bag": "doc"}\n'
+
+
+def test_a_second_upload_sends_zero_bytes(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=6)
+    store(fault_proxy.endpoint_url).upload_bag(bag)
+    fault_proxy.reset_stats()
+    second = store(fault_proxy.endpoint_url).upload_bag(bag)
+    assert second.bytes_sent == 0 and second.skipped == len(second.objects)
+    assert fault_proxy.requests("PUT") == 0 and fault_proxy.requests("POST") == 0
+    assert fault_proxy.body_bytes("PUT") == 0
+
+
+def test_a_flaky_server_still_ends_with_a_complete_verified_bag(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=6)
+    fault_proxy.fail_rate = 0.25
+    fault_proxy.drop_rate = 0.1
+    result = store(fault_proxy.endpoint_url, max_attempts=10).upload_bag(bag, verify=True)
+    fault_proxy.fail_rate = fault_proxy.drop_rate = 0.0
+    assert {kind for kind, *_ in fault_proxy.faults} >= {"fail", "drop"}
+    assert len(result.objects) == len(bag_files(bag))
+    assert_bag_stored(moto_s3.client(), bag)
+
+
+def test_a_corrupted_transfer_is_caught_and_sent_again(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=1)
+    fault_proxy.corrupt_next_put_bodies = 1  # the first object's bytes are changed on the way
+    result = store(fault_proxy.endpoint_url).upload_bag(bag)
+    assert len(fault_proxy.corrupted) == 1
+    corrupted_path = fault_proxy.corrupted[0][1]
+    puts = [e.path for e in fault_proxy.exchanges if e.method == "PUT"]
+    assert puts.count(corrupted_path) == 2  # sent again after the ETag showed other bytes arrived
+    assert len(result.objects) == len(bag_files(bag))
+    assert_bag_stored(moto_s3.client(), bag)
+
+
+def test_a_corrupted_multipart_part_is_caught_by_verify(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    big = payload_from_bytes("data/media/k/video.mp4", os.urandom(11 * MIB))
+    bag = build_bag(tmp_path / "bags", "big_20261124T000000Z", [big], [("Source-Organization", "t")]).path
+    fault_proxy.corrupt_next_put_bodies = 1  # one byte of the first part is changed on the way
+    result = store(fault_proxy.endpoint_url, concurrency=1).upload_bag(bag, verify=True)
+    assert len(fault_proxy.corrupted) == 1 and "uploadId" in fault_proxy.corrupted[0][1]
+    assert fault_proxy.requests("POST") >= 4  # two multipart uploads: created and completed twice
+    assert len(result.objects) == len(bag_files(bag))
+    assert_bag_stored(moto_s3.client(), bag)
+
+
+def test_a_different_object_is_never_overwritten(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=1)
+    client = moto_s3.client()
+    key = f"bags/{bag.name}/data/document/doc.md"
+    client.put_object(Bucket=BUCKET, Key=key, Body=b"# someone else's\n")
+    with pytest.raises(BagUploadError, match="never overwritten"):
+        store(fault_proxy.endpoint_url).upload_bag(bag)
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"# someone else's\n"
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert f"bags/{bag.name}/bagit.txt" not in keys  # the stopped upload never looks complete
+
+
+def test_object_lock_retention_and_version_ids(moto_s3, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET, versioning=True, object_lock=True)
+    bag = make_bag(tmp_path, big_mib=1)
+    result = store(moto_s3.endpoint_url, object_lock_mode="GOVERNANCE", object_lock_days=1).upload_bag(bag)
+    client = moto_s3.client()
+    for stored in result.objects:
+        assert stored.version_id
+        head = client.head_object(Bucket=BUCKET, Key=f"bags/{bag.name}/{stored.relpath}")
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        assert head["ObjectLockRetainUntilDate"].timestamp() > time.time() + 23 * 3600
+        assert head["VersionId"] == stored.version_id
+
+
+def test_upload_command_resumes_after_sigkill_and_reports_exit_status(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    moto_s3.make_bucket(BUCKET)
+    files = [payload_from_bytes(f"data/warc/{i:03d}.warc.gz", os.urandom(200_000)) for i in range(40)]
+    bag = build_bag(tmp_path / "bags", "many_20261124T000000Z", files, [("Source-Organization", "t")]).path
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(s3_env(fault_proxy.endpoint_url))
+    env.update(PYTHONPATH=str(ROOT), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    command = [sys.executable, "-m", "pipeline.cli", "upload", str(bag), "--store", f"s3://{BUCKET}/bags"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while fault_proxy.requests("PUT") < 10 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    client = moto_s3.client()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert 0 < len(keys) < len(files) and f"bags/{bag.name}/bagit.txt" not in keys
+    sent_before = fault_proxy.requests("PUT")
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert fault_proxy.requests("PUT") - sent_before <= len(bag_files(bag)) - len(keys) + 1
+    assert_bag_stored(client, bag)
+
+    down = subprocess.run(
+        [*command[:-2], "--store", "s3://no-such-bucket/x"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert down.returncode == 2 and "cannot use the bucket" in down.stderr
+    no_credentials = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    refused = subprocess.run(command, env=no_credentials, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "credentials" in refused.stderr
+    assert "testing" not in refused.stderr + second.stdout + second.stderr  # no key material in output

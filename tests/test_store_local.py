@@ -125,3 +125,15 @@ def test_upload_command_to_a_directory_records_where_copies_went(tmp_path: Path)
     assert again.returncode == 0 and ", 0 bytes sent" in again.stdout
     missing = subprocess.run([*cli, str(tmp_path / "nope")], capture_output=True, text=True, env=env)
     assert missing.returncode == 1 and "not a bag" in missing.stderr
+
+
+def test_a_bag_made_by_another_tool_uploads_too(tmp_path: Path) -> None:
+    import bagit
+
+    source = tmp_path / "foreign"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "50% report.txt").write_bytes(b"made elsewhere\n")
+    bagit.make_bag(str(source), {"Source-Organization": "Elsewhere"}, checksums=["md5"])
+    result = LocalStore(tmp_path / "store").upload_bag(source)
+    assert {o.relpath for o in result.objects} >= {"data/sub/50% report.txt", "manifest-md5.txt", "bagit.txt"}
+    assert bagit_validate(tmp_path / "store" / "foreign") == 0

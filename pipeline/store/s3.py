@@ -91,9 +91,17 @@ class S3Store:
 
     def upload_bag(self, bag: Path, verify: bool = False) -> UploadResult:
         """Store a bag: payload first, tag files after, `bagit.txt` last; skip what is stored already."""
-        return upload_bag_with(
-            bag, self.uri, lambda path, key, sha256, size: self._put(path, self.key(key), sha256, size, verify)
-        )
+        # one listing says which of the bag's objects exist; only those need a HEAD (a HEAD per object cost
+        # more client CPU than the checksums)
+        listed = {entry["Key"] for entry in self.list_keys(f"{bag.name}/")}
+        inside = self.key(f"{bag.name}/")
+
+        def put(path: Path, key: str, sha256: str, size: int) -> StoredObject:
+            full = self.key(key)
+            known_absent = full.startswith(inside) and full not in listed
+            return self._put(path, full, sha256, size, verify, known_absent=known_absent)
+
+        return upload_bag_with(bag, self.uri, put)
 
     # -- objects ----------------------------------------------------------------------------------------
 
@@ -105,9 +113,11 @@ class S3Store:
                 return None
             raise BagUploadError(f"s3://{self.bucket}/{key}: {_message(exc)}") from None
 
-    def _put(self, path: Path, key: str, sha256: str, size: int, verify: bool) -> StoredObject:
+    def _put(
+        self, path: Path, key: str, sha256: str, size: int, verify: bool, known_absent: bool = False
+    ) -> StoredObject:
         uri = f"s3://{self.bucket}/{key}"
-        existing = self.head(key)
+        existing = None if known_absent else self.head(key)
         if existing is not None:
             # a single-part object's checksum is the server's own (S3 verifies it on arrival) and outranks the
             # metadata we wrote; a multipart ETag (`...-N`) means a composite checksum that names no file digest
@@ -189,8 +199,11 @@ class S3Store:
     def list_keys(self, prefix: str) -> list[dict[str, Any]]:
         keys: list[dict[str, Any]] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(prefix)):
-            keys.extend(page.get("Contents", []))
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(prefix)):
+                keys.extend(page.get("Contents", []))
+        except botocore.exceptions.ClientError as exc:
+            raise BagUploadError(f"{self.uri}{prefix}: cannot list: {_message(exc)}") from None
         return keys
 
     def download(self, key: str, write: Callable[[bytes], object]) -> None:

@@ -37,7 +37,7 @@ from pipeline.capture.guard import (
     system_resolver,
 )
 from pipeline.capture.polite import HostGate
-from pipeline.capture.warc import WarcFile, http_head_bytes
+from pipeline.capture.warc import WarcFile, as_warc_record, http_head_bytes
 from pipeline.config import CaptureSettings
 from pipeline.records import Capture, WarcRecord
 
@@ -286,14 +286,10 @@ class HttpFetcher:
         finally:
             exchange.discard()
         return [
-            WarcRecord(warc_name, request.record_id, "request", exchange.url, request.offset, request.length),
-            WarcRecord(
+            as_warc_record(warc_name, request),
+            as_warc_record(
                 warc_name,
-                response.record_id,
-                "response",
-                exchange.url,
-                response.offset,
-                response.length,
+                response,
                 http_status=exchange.status,
                 payload_sha256=exchange.sha256,
                 payload_sha512=exchange.sha512,

@@ -28,7 +28,7 @@ from yt_dlp.networking.exceptions import CertificateVerifyError, HTTPError, Tran
 from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 from yt_dlp.utils import ContentTooShortError, GeoRestrictedError, UnsupportedError, YoutubeDLError
 
-from pipeline.capture.warc import WarcFile
+from pipeline.capture.warc import WarcFile, as_warc_record
 from pipeline.records import Capture, CapturedFile, WarcRecord, target_key
 
 CHUNK_SIZE = 1 << 20
@@ -498,13 +498,9 @@ def _hash_and_archive(
                 )
             resource_id = ref.record_id
             records.append(
-                WarcRecord(
-                    file=name,
-                    record_id=ref.record_id,
-                    record_type=ref.record_type,
-                    target_uri=ref.target_uri,
-                    offset=ref.offset,
-                    length=ref.length,
+                as_warc_record(
+                    name,
+                    ref,
                     payload_sha256=sha256,
                     payload_sha512=sha512,
                     payload_size=digest.size,
@@ -522,17 +518,7 @@ def _hash_and_archive(
             ("format", _format_label(video)),
         ]
         ref = warc.write_metadata(target, fields=fields, refers_to=resource_id)
-        records.append(
-            WarcRecord(
-                file=name,
-                record_id=ref.record_id,
-                record_type=ref.record_type,
-                target_uri=ref.target_uri,
-                offset=ref.offset,
-                length=ref.length,
-                content_type="application/warc-fields",
-            )
-        )
+        records.append(as_warc_record(name, ref, content_type="application/warc-fields"))
     return captured, records
 
 

@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 
 from warcio.statusandheaders import StatusAndHeaders, StatusAndHeadersParser
+
+from pipeline.records import WarcRecord
 
 WARC_VERSION = "WARC/1.1"
 WARC_FORMAT = "WARC File Format 1.1"
@@ -513,6 +515,11 @@ def warc_date(when: datetime) -> str:
 
 
 # -- private helpers --------------------------------------------------------------------------------------
+
+
+def as_warc_record(file: str, ref: RecordRef, **payload: Any) -> WarcRecord:
+    """The record as captures cite it: file name, id, type, URI, offset and length, plus payload facts."""
+    return WarcRecord(file, ref.record_id, ref.record_type, ref.target_uri, ref.offset, ref.length, **payload)
 
 
 def _ref(warc_headers: list[tuple[str, str]], start: int, end: int) -> RecordRef:

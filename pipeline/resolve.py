@@ -91,7 +91,7 @@ _VIDEO_PATHS: dict[str, re.Pattern[str]] = {
         "clips.twitch.tv": r"/.+",
     }.items()
 }
-_EXTENSIONS = {
+EXTENSIONS = {
     "image": {"jpg", "jpeg", "png", "gif", "webp", "svg", "tif", "tiff", "bmp", "avif", "heic", "ico"},
     "video": {"mp4", "webm", "mov", "mkv", "m4v", "avi", "flv", "m3u8", "mpd", "ogv", "3gp", "ts"},
     "audio": {"mp3", "wav", "m4a", "flac", "opus", "oga", "aac"},
@@ -337,7 +337,7 @@ def classify(url: str, syntaxes: Iterable[str] = ()) -> tuple[str, dict[str, obj
     if re.fullmatch(r"(?:[a-z]+\.)?wikipedia\.org|commons\.wikimedia\.org", host) and "/wiki/" in path:
         return "page", {}
     for kind in ("image", "video", "audio", "document"):
-        if ext in _EXTENSIONS[kind]:
+        if ext in EXTENSIONS[kind]:
             return kind, {}
     syntaxes = set(syntaxes)
     if syntaxes and syntaxes <= _IMAGE_SYNTAX:

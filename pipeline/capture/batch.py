@@ -24,6 +24,7 @@ from pipeline.capture.warc import WarcFile, fsync_dir
 from pipeline.config import CaptureSettings
 from pipeline.ledger import Ledger
 from pipeline.records import Capture, CapturedFile, Target, target_key
+from pipeline.resolve import EXTENSIONS
 
 SOFTWARE = f"preserve-pipeline/{__version__}"
 Progress = Callable[[Target, list[Capture]], None]
@@ -157,7 +158,7 @@ class Capturer:
             elif "media" in todo:
                 from pipeline.capture.media import MediaSettings, capture_media
 
-                media = MediaSettings(
+                media_settings = MediaSettings(
                     format=self.settings.media_format,
                     max_filesize=self.settings.media_max_bytes,
                     socket_timeout=self.settings.read_timeout,
@@ -170,7 +171,7 @@ class Capturer:
                         canonical=target.canonical,
                         kind=target.kind,
                         out_dir=self.out_dir,
-                        settings=media,
+                        settings=media_settings,
                         warc=warc,
                         warc_name=warc_name,
                         page_url=target.url,
@@ -187,27 +188,9 @@ class Capturer:
         return captures + skipped
 
 
-_MEDIA_EXTENSIONS = {
-    "mp4",
-    "webm",
-    "mov",
-    "mkv",
-    "m4v",
-    "avi",
-    "flv",
-    "ogv",
-    "3gp",
-    "mp3",
-    "wav",
-    "m4a",
-    "flac",
-    "opus",
-}
-
-
 def _is_media_file(url: str) -> bool:
     last = urlsplit(url).path.rsplit("/", 1)[-1]
-    return "." in last and last.rsplit(".", 1)[-1].lower() in _MEDIA_EXTENSIONS
+    return "." in last and last.rsplit(".", 1)[-1].lower() in EXTENSIONS["video"] | EXTENSIONS["audio"]
 
 
 def _take(iterator: Iterable[tuple[int, Target]], count: int) -> list[tuple[int, Target]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--config", type=Path, help="run config (YAML): stores, manifests directory")
     upload.add_argument("--verify", action="store_true", help="read every object back and hash it")
 
+    audit = sub.add_parser("audit", help="fixity check of stored bags (local bags and directories of bags)")
+    audit.add_argument("targets", nargs="*", metavar="TARGET", help="a bag, a directory of bags, or a store name")
+    mode = audit.add_mutually_exclusive_group()
+    mode.add_argument("--full", dest="full", action="store_true", default=True, help="recompute every digest")
+    mode.add_argument("--fast", dest="full", action="store_false", help="presence, completeness and Oxum only")
+    audit.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="files hashed at once")
+    audit.add_argument("--report", type=Path, help="write the results as JSON")
+    audit.add_argument("--history", metavar="BAG", help="print a bag's fixity history instead")
+    audit.add_argument("--config", type=Path, help="run config (YAML): stores and state directory")
+
     run = sub.add_parser("run", help="a batch run over the documents of a config")
     run.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     run.add_argument("--only", action="append", default=[], metavar="DOC", help="only this document (repeatable)")
@@ -82,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _package(args)
         if args.command == "upload":
             return _upload(args)
+        if args.command == "audit":
+            return _audit(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -313,6 +326,69 @@ def _upload(args: argparse.Namespace) -> int:
             + (", every object read back and verified" if args.verify else "")
         )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import append_events, audit_bag, find_bags, fixity_event, history
+
+    loaded = load_config(args.config)
+    local_log = loaded.output_path(loaded.config.output.state_dir) / "audit" / "fixity.jsonl"
+    if args.history:
+        events = history(local_log, Path(args.history).name)
+        for event in events:
+            kinds = sorted({f["kind"] for f in event["failures"]})
+            print(f"{event['eventDateTime']}  {event['outcome']:4}  {event['eventDetail']:4}  {', '.join(kinds)}")
+        if not events:
+            print(f"no fixity events for {Path(args.history).name} in {local_log}")
+        return EXIT_OK
+    targets: list[tuple[Path, Path]] = []  # (bag, the store root whose audit/ log it goes into)
+    for spec in args.targets or [loaded.config.default_store]:
+        stores = loaded.config.stores
+        if spec.startswith("s3://") or (spec in stores and stores[spec].type == "s3"):
+            print(f"error: {spec}: auditing object storage is not built yet (local bags only)", file=sys.stderr)
+            return EXIT_USAGE
+        if spec in stores or spec == "local":
+            chosen = stores.get(spec)
+            root = loaded.output_path((chosen.path if chosen else None) or loaded.config.output.store_dir)
+            root = root / chosen.prefix if chosen and chosen.prefix else root
+        else:
+            root = Path(spec)
+        bags = find_bags(root)
+        if not bags:
+            print(f"error: {spec}: no bag found there", file=sys.stderr)
+            return EXIT_USAGE
+        targets.extend((bag, root if bag != root else bag.parent) for bag in bags)
+    audits = [(audit_bag(bag, jobs=args.jobs, full=args.full), root) for bag, root in targets]
+    for audited, root in audits:
+        event = fixity_event(audited, args.full)
+        append_events(root / "audit" / "fixity.jsonl", [event])
+        append_events(local_log, [event])
+    _print_audit([a for a, _ in audits], Console())
+    if args.report:
+        report = [fixity_event(a, args.full) for a, _ in audits]
+        args.report.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return EXIT_FAILED if any(not a.ok for a, _ in audits) else EXIT_OK
+
+
+def _print_audit(audits: Sequence[Any], console: Console) -> None:
+    kinds: dict[str, int] = {}
+    for audited in audits:
+        for failure in audited.failures:
+            kinds[failure.kind] = kinds.get(failure.kind, 0) + 1
+            console.print(f"FAIL  {failure.bag}  {failure.file}  {failure.kind}  {failure.detail}", markup=False)
+    table = Table(title="fixity audit")
+    for column in ("bags", "passed", "failed", "files", "bytes", "failures by kind"):
+        table.add_column(column)
+    failed = sum(1 for a in audits if not a.ok)
+    table.add_row(
+        str(len(audits)),
+        str(len(audits) - failed),
+        str(failed),
+        str(sum(a.files for a in audits)),
+        str(sum(a.bytes for a in audits)),
+        ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none",
+    )
+    console.print(table)
 
 
 def _print_captures(captures: Sequence[Capture], out_dir: Path) -> None:

@@ -330,6 +330,8 @@ def _upload(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from pipeline.audit import append_events, audit_bag, find_bags, fixity_event, history
+    from pipeline.store import StoreError
+    from pipeline.store.base import BagUploadError
 
     loaded = load_config(args.config)
     local_log = loaded.output_path(loaded.config.output.state_dir) / "audit" / "fixity.jsonl"
@@ -342,11 +344,16 @@ def _audit(args: argparse.Namespace) -> int:
             print(f"no fixity events for {Path(args.history).name} in {local_log}")
         return EXIT_OK
     targets: list[tuple[Path, Path]] = []  # (bag, the store root whose audit/ log it goes into)
+    s3_audits: list[Any] = []
     for spec in args.targets or [loaded.config.default_store]:
         stores = loaded.config.stores
         if spec.startswith("s3://") or (spec in stores and stores[spec].type == "s3"):
-            print(f"error: {spec}: auditing object storage is not built yet (local bags only)", file=sys.stderr)
-            return EXIT_USAGE
+            try:
+                s3_audits.extend(_audit_s3(spec, loaded, args.full))
+            except (StoreError, BagUploadError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            continue
         if spec in stores or spec == "local":
             chosen = stores.get(spec)
             root = loaded.output_path((chosen.path if chosen else None) or loaded.config.output.store_dir)
@@ -363,11 +370,49 @@ def _audit(args: argparse.Namespace) -> int:
         event = fixity_event(audited, args.full)
         append_events(root / "audit" / "fixity.jsonl", [event])
         append_events(local_log, [event])
-    _print_audit([a for a, _ in audits], Console())
+    append_events(local_log, [fixity_event(a, args.full) for a in s3_audits])
+    everything = [a for a, _ in audits] + s3_audits
+    _print_audit(everything, Console())
     if args.report:
-        report = [fixity_event(a, args.full) for a, _ in audits]
+        report = [fixity_event(a, args.full) for a in everything]
         args.report.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return EXIT_FAILED if any(not a.ok for a, _ in audits) else EXIT_OK
+    return EXIT_FAILED if any(not a.ok for a in everything) else EXIT_OK
+
+
+def _audit_s3(spec: str, loaded: LoadedConfig, full: bool) -> list[Any]:
+    """Audit every bag under an S3 prefix (or the one bag it names); each event is also stored in the bucket
+    as its own object under `<prefix>/audit/<bag>/` (objects cannot be appended to)."""
+    from pipeline.audit import audit_s3_bag, fixity_event
+    from pipeline.store import StoreError, open_store
+    from pipeline.store.s3 import S3Store
+
+    store = open_store(spec, loaded)
+    assert isinstance(store, S3Store)
+    store.check()
+    if store.list_keys("bagit.txt") and store.prefix:  # the URI names one bag: audit it from its parent
+        parent, _, name = store.prefix.rpartition("/")
+        store.prefix, bags = parent, [name]
+    else:
+        pages = store.client.get_paginator("list_objects_v2").paginate(
+            Bucket=store.bucket, Prefix=store.key(""), Delimiter="/"
+        )
+        names = [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for page in pages for p in page.get("CommonPrefixes", [])]
+        bags = [n for n in names if n not in ("audit", "archive_manifests")]
+    if not bags:
+        raise StoreError(f"{spec}: no bag found there")
+    audits = []
+    for bag in bags:
+        audited = audit_s3_bag(store, bag, full=full)
+        event = fixity_event(audited, full)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        store.client.put_object(
+            Bucket=store.bucket,
+            Key=store.key(f"audit/{bag}/{stamp}.json"),
+            Body=json.dumps(event, ensure_ascii=False).encode("utf-8"),
+            ContentType="application/json",
+        )
+        audits.append(audited)
+    return audits
 
 
 def _print_audit(audits: Sequence[Any], console: Console) -> None:

@@ -186,3 +186,44 @@ def test_upload_command_resumes_after_sigkill_and_reports_exit_status(moto_s3, f
     refused = subprocess.run(command, env=no_credentials, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "credentials" in refused.stderr
     assert "testing" not in refused.stderr + second.stdout + second.stderr  # no key material in output
+
+
+def test_s3_audit_fast_and_full_name_each_damage(moto_s3, tmp_path: Path) -> None:
+    import json as _json
+
+    from pipeline.audit import audit_s3_bag
+
+    moto_s3.make_bucket(BUCKET, versioning=True)
+    bag = make_bag(tmp_path, big_mib=6)
+    s3 = store(moto_s3.endpoint_url)
+    s3.upload_bag(bag)
+    assert audit_s3_bag(s3, bag.name).ok
+    assert audit_s3_bag(s3, bag.name, full=True).ok
+    client = moto_s3.client()
+    prefix = f"bags/{bag.name}/"
+    client.put_object(Bucket=BUCKET, Key=prefix + "data/warc/a.warc.gz", Body=os.urandom(300_000))  # replaced
+    client.delete_object(Bucket=BUCKET, Key=prefix + "data/document/doc.md")  # deleted
+    client.put_object(Bucket=BUCKET, Key=prefix + "data/extra.bin", Body=b"x")  # added
+    found = {(f.file, f.kind) for f in audit_s3_bag(s3, bag.name).failures}
+    assert found == {
+        ("data/warc/a.warc.gz", "digest-mismatch"),
+        ("data/document/doc.md", "missing"),
+        ("data/extra.bin", "unexpected"),
+        ("bag-info.txt", "oxum-mismatch"),
+    }
+    client.delete_object(Bucket=BUCKET, Key=prefix + "bagit.txt")  # as an interrupted upload leaves it
+    kinds = {f.kind for f in audit_s3_bag(s3, bag.name).failures}
+    assert "incomplete-upload" in kinds
+    audit = audit_s3_bag(s3, bag.name)
+    assert any("version" in note for note in audit.notes)  # the versioned bucket: which version was checked
+
+    env = dict(os.environ)
+    env.update(s3_env(moto_s3.endpoint_url), PYTHONPATH=str(ROOT))
+    cli = [sys.executable, "-m", "pipeline.cli", "audit", "--config", str(tmp_path / "none.yaml")]
+    (tmp_path / "none.yaml").write_text(f"output:\n  state_dir: {tmp_path / 'state'}\n")
+    proc = subprocess.run([*cli, f"s3://{BUCKET}/bags"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "digest-mismatch" in proc.stdout
+    events = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="bags/audit/")["Contents"]]
+    assert len(events) == 1 and events[0].startswith(f"bags/audit/{bag.name}/")
+    event = _json.loads(client.get_object(Bucket=BUCKET, Key=events[0])["Body"].read())
+    assert event["eventType"] == "fixity check" and event["outcome"] == "fail"

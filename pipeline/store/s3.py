@@ -119,11 +119,7 @@ class S3Store:
         uri = f"s3://{self.bucket}/{key}"
         existing = None if known_absent else self.head(key)
         if existing is not None:
-            # a single-part object's checksum is the server's own (S3 verifies it on arrival) and outranks the
-            # metadata we wrote; a multipart ETag (`...-N`) means a composite checksum that names no file digest
-            multipart = "-" in (existing.get("ETag") or "")
-            server = None if multipart else _hex_checksum(existing.get("ChecksumSHA256"))
-            held = server or existing.get("Metadata", {}).get("sha256")
+            held = stored_sha256(existing)
             if held == sha256 and existing.get("ContentLength") == size:
                 return StoredObject("", uri, size, sha256, skipped=True, **_identity(existing))
             raise BagUploadError(
@@ -241,6 +237,15 @@ def _identity(response: dict[str, Any]) -> dict[str, Any]:
         "etag": response.get("ETag"),
         "checksum": response.get("ChecksumSHA256"),
     }
+
+
+def stored_sha256(head: dict[str, Any]) -> str | None:
+    """The sha256 an object says it has. A single-part object's checksum is the server's own (S3 verifies it
+    on arrival) and outranks the metadata we wrote; a multipart ETag (`...-N`) means a composite checksum
+    that names no file digest, so the metadata it is."""
+    multipart = "-" in (head.get("ETag") or "")
+    server = None if multipart else _hex_checksum(head.get("ChecksumSHA256"))
+    return server or head.get("Metadata", {}).get("sha256")
 
 
 def _hex_checksum(value: str | None) -> str | None:

@@ -15,8 +15,9 @@ import pytest
 
 from pipeline.audit import audit_bag, warc_members_complete
 from pipeline.capture.warc import WarcFile
-from pipeline.manifest import encode, provenance
+from pipeline.manifest import encode
 from pipeline.package import build_bag, payload_from_bytes
+from tests.support.bags import minimal_provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,17 +36,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 body_length=len(body),
                 sha256=hashlib.sha256(body).hexdigest(),
             )
-    manifest = provenance(
-        bag="doc_20261124T000000Z",
-        run_id="run-1",
-        config_digest="0" * 64,
-        operator={},
-        document={"source": "doc.md", "id": "doc"},
-        targets=[],
-        captures=[],
-        paths_in_bag={},
-        held_in={},
-    )
+    manifest = minimal_provenance("doc_20261124T000000Z")
     files = [
         payload_from_bytes("data/document/doc.md", b"# evidence\n" * 50),
         payload_from_bytes("data/warc/a.warc.gz", warc_path.read_bytes()),

@@ -88,20 +88,11 @@ def test_manifest_paths_are_percent_decoded_as_the_rfc_says() -> None:
 
 
 def test_upload_command_to_a_directory_records_where_copies_went(tmp_path: Path) -> None:
-    from pipeline.manifest import provenance, validate, write
+    from pipeline.manifest import validate, write
+    from tests.support.bags import minimal_provenance
 
     manifest_bag = "doc_20261124T000000Z"
-    manifest = provenance(
-        bag=manifest_bag,
-        run_id="run-1",
-        config_digest="0" * 64,
-        operator={},
-        document={"source": "doc.md", "id": "doc"},
-        targets=[],
-        captures=[],
-        paths_in_bag={},
-        held_in={},
-    )
+    manifest = minimal_provenance(manifest_bag)
     files = [payload_from_bytes("data/provenance.json", json.dumps(manifest).encode())]
     bag = build_bag(tmp_path / "bags", "doc_20261124T000000Z", files, [("Source-Organization", "test")]).path
     manifests = tmp_path / "manifests"

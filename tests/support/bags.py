@@ -1,0 +1,22 @@
+"""Small bag-building helpers shared by tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.manifest import provenance
+
+
+def minimal_provenance(bag: str) -> dict[str, Any]:
+    """A schema-valid provenance manifest of a document with no links, for bags built by hand in tests."""
+    return provenance(
+        bag=bag,
+        run_id="run-1",
+        config_digest="0" * 64,
+        operator={},
+        document={"source": "doc.md", "id": "doc"},
+        targets=[],
+        captures=[],
+        paths_in_bag={},
+        held_in={},
+    )

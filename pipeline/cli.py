@@ -23,8 +23,8 @@ from pipeline.config import ConfigError, LoadedConfig, load_config
 from pipeline.manifest import record_copies
 from pipeline.records import Capture, Link, Target, to_json
 from pipeline.resolve import Resolution, resolve
-from pipeline.run import NOT_YET, LinkListing, list_links, new_run_id
-from pipeline.runrecord import RunRecord, read_run, write_jsonl, write_run
+from pipeline.run import LinkListing, list_links, new_run_id
+from pipeline.runrecord import RunRecord, read_run, write_run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-private", action="store_true", help="allow private, loopback and link-local addresses"
     )
     capture.add_argument("--format", choices=("table", "jsonl"), default="table")
+    capture.add_argument(
+        "--store", help="also bag what was captured and store it (store name, s3://bucket/prefix or directory)"
+    )
 
     package = sub.add_parser("package", help="build BagIt bags from a capture run")
     package.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run directory (run.json)")
@@ -70,9 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--history", metavar="BAG", help="print a bag's fixity history instead")
     audit.add_argument("--config", type=Path, help="run config (YAML): stores and state directory")
 
-    run = sub.add_parser("run", help="a batch run over the documents of a config")
+    run = sub.add_parser("run", help="a batch run: extract, resolve, capture, package, store and audit")
     run.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     run.add_argument("--only", action="append", default=[], metavar="DOC", help="only this document (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="say what would be done; fetch and write nothing")
+    run.add_argument("--store", help="store name from the config, s3://bucket/prefix, or a directory")
+    run.add_argument("--no-audit", dest="audit", action="store_false", default=None, help="no audit after upload")
+    run.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object a line")
     return parser
 
 
@@ -155,34 +162,28 @@ def _print_table(targets: Sequence[Target], console: Console) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipeline.run import RunError, RunOptions, batch_run
+    from pipeline.runlog import RunLog
+    from pipeline.runstate import RunLocked
+
     loaded = load_config(args.config)
-    paths = [path for path, _ in loaded.document_paths()]
-    if args.only:
-        wanted = {Path(p).resolve() for p in args.only}
-        paths = [p for p in paths if p.resolve() in wanted]
-        missing = wanted - {p.resolve() for p in paths}
-        if missing:
-            print(f"error: not a document of {args.config}: {', '.join(sorted(map(str, missing)))}", file=sys.stderr)
-            return EXIT_USAGE
-    if not paths:
-        print(f"error: {args.config}: the config names no documents", file=sys.stderr)
+    log = RunLog(args.log_format)
+    options = RunOptions(only=args.only, dry_run=args.dry_run, store=args.store, audit=args.audit)
+    try:
+        result = batch_run(loaded, options, log)
+    except (RunError, RunLocked) as exc:
+        log.error("run", str(exc))
         return EXIT_USAGE
-    console = Console(stderr=True)
-    console.print(f"[bold]note:[/bold] {NOT_YET}")
-    listing = list_links(paths, loaded)
-    run_id = new_run_id()
-    out = loaded.output_path(loaded.config.output.runs_dir) / run_id / "targets.jsonl"
-    write_jsonl(out, listing.targets)
-    _print_table(listing.targets, Console())
-    kinds: dict[str, int] = {}
-    for target in listing.targets:
-        kinds[target.kind] = kinds.get(target.kind, 0) + 1
-    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
-    console.print(
-        f"run {run_id}: {len(listing.results)} documents, {sum(len(r.links) for r in listing.results)} links, "
-        f"{len(listing.targets)} targets ({summary}); written to {out}"
+    totals = result.report["totals"]
+    summary = ", ".join(f"{totals[k]} {k}" for k in ("ok", "held", "failed", "unresolved", "rejected") if totals[k])
+    log.info(
+        "run-end",
+        f"run {result.run_id}: {totals['documents']} documents, {totals['links']} links ({summary or 'none'}); "
+        f"exit status {result.exit_status}",
+        exit_status=result.exit_status,
+        totals=totals,
     )
-    return _report_problems(listing)
+    return result.exit_status
 
 
 def _capture(args: argparse.Namespace) -> int:
@@ -199,7 +200,7 @@ def _capture(args: argparse.Namespace) -> int:
         capturer = Capturer(out_dir, loaded.config.capture, ledger, allow_private=True if args.allow_private else None)
         with _progress(len(resolution.targets)) as advance:
             captures = capturer.run(resolution.targets, progress=advance)
-    _record_capture_run(args, loaded, out_dir, started, resolution, captures)
+    run_dir = _record_capture_run(args, loaded, out_dir, started, resolution, captures)
     for capture in captures:
         if capture.outcome == "failed":
             failures.append(f"{capture.url}: {capture.fetcher} capture failed: {capture.error}")
@@ -208,9 +209,16 @@ def _capture(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(to_json(capture), ensure_ascii=False) + "\n")
     else:
         _print_captures(captures, out_dir)
+    status = EXIT_OK
+    if args.store:
+        from pipeline.run import store_capture_run
+        from pipeline.runlog import RunLog
+
+        status, problems = store_capture_run(run_dir, loaded, args.store, RunLog("text", sys.stdout))
+        failures.extend(problems)
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
-    return EXIT_FAILED if failures else EXIT_OK
+    return status if status == EXIT_USAGE else (EXIT_FAILED if failures else EXIT_OK)
 
 
 def _record_capture_run(

@@ -24,19 +24,21 @@ class _Strict(BaseModel):
 
 
 class DocumentSource(_Strict):
-    """Where documents come from: one file (`path`) or a glob of files (`glob`), relative to the config's project."""
+    """Where documents come from: one file (`path`), a glob of files (`glob`), relative to the config's project,
+    or a document on the web (`url`), fetched at each run and archived as well."""
 
     path: str | None = None
     glob: str | None = None
+    url: HttpUrl | None = None
     base_url: HttpUrl | None = None
     wiki_base: HttpUrl | None = None
     format: Literal["auto", "markdown", "html", "text"] = "auto"
     description: str | None = None
 
     @model_validator(mode="after")
-    def _one_of_path_or_glob(self) -> DocumentSource:
-        if (self.path is None) == (self.glob is None):
-            raise ValueError("give exactly one of 'path' or 'glob'")
+    def _one_of_path_glob_or_url(self) -> DocumentSource:
+        if sum(value is not None for value in (self.path, self.glob, self.url)) != 1:
+            raise ValueError("give exactly one of 'path', 'glob' or 'url'")
         return self
 
 
@@ -79,6 +81,8 @@ class CaptureSettings(_Strict):
     media_format: str = "bv*+ba/b"
     media_max_bytes: int | None = Field(None, gt=0)
     recapture_after: str = Field("never", pattern=r"^(never|\d+(\.\d+)?[smhd])$")
+    # a batch run retries a failed link of an unchanged document once its last attempt is this old
+    retry_failed_after: str = Field("12h", pattern=r"^(never|\d+(\.\d+)?[smhd])$")
     user_agent: str = "preserve-pipeline/0.1 (archival capture of cited evidence)"
     warc_compresslevel: int = Field(6, ge=0, le=9)
 
@@ -91,10 +95,18 @@ class CaptureSettings(_Strict):
 
     def recapture_seconds(self) -> float | None:
         """`recapture_after` in seconds, None for never."""
-        if self.recapture_after == "never":
-            return None
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-        return float(self.recapture_after[:-1]) * units[self.recapture_after[-1]]
+        return _seconds(self.recapture_after)
+
+    def retry_failed_seconds(self) -> float | None:
+        """`retry_failed_after` in seconds, None for never."""
+        return _seconds(self.retry_failed_after)
+
+
+def _seconds(value: str) -> float | None:
+    if value == "never":
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(value[:-1]) * units[value[-1]]
 
 
 class BagConfig(_Strict):
@@ -133,6 +145,13 @@ class StoreConfig(_Strict):
         return self
 
 
+class RunSettings(_Strict):
+    """The batch run (`preserve run`)."""
+
+    audit_after_upload: bool = True  # a fast audit of every bag the run stored
+    max_document_bytes: int = Field(20 * 1024**2, gt=0)  # documents fetched from `url:` sources
+
+
 class Config(_Strict):
     documents: list[DocumentSource] = Field(default_factory=list)
     base_urls: list[BaseUrlRule] = Field(default_factory=list)
@@ -143,6 +162,7 @@ class Config(_Strict):
     bag: BagConfig = Field(default_factory=BagConfig)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
     default_store: str = "local"
+    run: RunSettings = Field(default_factory=RunSettings)
 
     @field_validator("wiki_base")
     @classmethod
@@ -162,9 +182,11 @@ class LoadedConfig:
         self.digest = digest
 
     def document_paths(self) -> list[tuple[Path, DocumentSource]]:
-        """Every document the config names, in config order, without duplicates."""
+        """Every document file the config names, in config order, without duplicates (`url:` sources aside)."""
         found: dict[Path, DocumentSource] = {}
         for source in self.config.documents:
+            if source.url is not None:
+                continue
             if source.path is not None:
                 found.setdefault(self.root / source.path, source)
             else:

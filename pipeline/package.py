@@ -333,8 +333,10 @@ def package_document(
     operator: dict[str, str] | None = None,
     rejected: Sequence[Rejected] = (),
     when: datetime | None = None,
+    document_changed: bool = False,
 ) -> PackageResult:
-    """Bag one document's new captures with its provenance manifest; no bag when nothing is new."""
+    """Bag one document's new captures with its provenance manifest; no bag when nothing is new. A new or
+    changed document is itself new: it gets a bag even when every file it cites is held in earlier bags."""
     when = when or datetime.now(UTC)
     mine = [t for t in targets if any(link.source == document.source for link in t.links)]
     canonicals = {t.canonical for t in mine}
@@ -372,7 +374,7 @@ def package_document(
         "rejected": rejected,
         "created": when,
     }
-    if not payload:
+    if not payload and not document_changed:
         reason = (
             f"nothing new captured: {len(mine)} targets, {len(relevant)} captures, every file already held in a bag"
             if relevant

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -126,23 +123,3 @@ def test_config_globs_and_base_url_rules(tmp_path: Path) -> None:
     assert paths == ["docs/b.md", "docs/site/a.md"]
     assert loaded.settings_for(tmp_path / "docs" / "site" / "a.md").base_url == "https://site.example/"
     assert loaded.settings_for(tmp_path / "docs" / "b.md").base_url == "https://fallback.example/"
-
-
-def test_run_lists_links_writes_targets_and_says_it_captures_nothing(tmp_path: Path) -> None:
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "documents").mkdir()
-    (tmp_path / "documents" / "d.md").write_text("[a](https://www.google.com/url?q=https://ex.com/a&sa=D)\n")
-    (tmp_path / "configs" / "run.yaml").write_text("documents:\n  - path: documents/d.md\n")
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", "configs/run.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "only extracts and resolves links" in proc.stderr
-    (targets,) = (tmp_path / "runs").glob("*/targets.jsonl")
-    assert [json.loads(line)["url"] for line in targets.read_text().splitlines()] == ["https://ex.com/a"]

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
+# extra arguments for `preserve run`, e.g. RUN_ARGS="--log-format json" from cron or a timer
+RUN_ARGS ?=
 
 .PHONY: archive test lint bench clean
 
@@ -15,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 
 ## archive: the batch run over the documents of $(CONFIG)
 archive: $(BIN)/.installed
-	$(BIN)/preserve run --config $(CONFIG)
+	$(BIN)/preserve run --config $(CONFIG) $(RUN_ARGS)
 
 ## test: lint, then the whole test suite
 test: $(BIN)/.installed lint

@@ -50,6 +50,9 @@ class RunLog:
         counts: dict[str, int] = {}
         done = 0
         if not self.interactive:
+            if total == 0:  # nothing to say about an empty stage
+                yield lambda n=1, **extra: None
+                return
             self.info("stage-start", f"{name}: {total} to do", stage=name, total=total)
 
             def count(n: int = 1, **extra: int) -> None:

@@ -276,17 +276,6 @@ def render_html(report: dict[str, Any]) -> str:
         out.append('<h2>Problems</h2><ul id="problems">')
         out.extend(f"<li>{e(p)}</li>" for p in report["problems"])
         out.append("</ul>")
-    out.append(f"<h2>Failed in the previous run ({e(str(report.get('previous_run')))}) and still failing</h2>")
-    if report["still_failing"]:
-        out.append('<ul id="still-failing">')
-        out.extend(
-            f"<li><code>{e(item['url'])}</code>: {e(item['reason'] or '')} (cited at {e(', '.join(item['sources']))})"
-            "</li>"
-            for item in report["still_failing"]
-        )
-        out.append("</ul>")
-    else:
-        out.append('<p id="still-failing">None.</p>')
     out.append(
         '<h2>Documents</h2><table id="documents"><thead><tr><th>document</th><th>status</th><th>links</th>'
         "<th>bag</th><th>error</th></tr></thead><tbody>"
@@ -326,5 +315,21 @@ def render_html(report: dict[str, Any]) -> str:
             out.append(f'<tr class="o-{e(row["outcome"])}" data-outcome="{e(row["outcome"])}">')
             out.extend(f'<td class="{cls}">{e(text)}</td>' if cls else f"<td>{e(text)}</td>" for text, cls in cells)
             out.append("</tr>")
-    out.append(f"</tbody></table><script>{_SCRIPT}</script></body></html>\n")
+    out.append("</tbody></table>")
+    still = report["still_failing"]
+    out.append(
+        f'<details id="still-failing-section"{" open" if 0 < len(still) <= 20 else ""}><summary><b>'
+        f"{len(still)} links failed in the previous run ({e(str(report.get('previous_run')))}) and still fail"
+        "</b></summary>"
+    )
+    if still:
+        out.append('<ul id="still-failing">')
+        out.extend(
+            f"<li><code>{e(item['url'])}</code>: {e(item['reason'] or '')} (cited at {e(', '.join(item['sources']))})"
+            "</li>"
+            for item in still
+        )
+        out.append("</ul>")
+    out.append("</details>")
+    out.append(f"<script>{_SCRIPT}</script></body></html>\n")
     return "\n".join(out)

@@ -249,3 +249,28 @@ def test_one_off_capture_goes_all_the_way_to_a_stored_bag(project: Path, capsys:
     assert [c["outcome"] for c in link["captures"]] == ["ok"]
     out = capsys.readouterr().out
     assert f"stored {bag.name}" in out and "fast audit of the stored copy passed" in out
+
+
+def test_store_down_keeps_bags_queued_and_the_next_run_uploads_them(
+    project: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moto_s3.make_bucket(BUCKET)
+    store = f"stores:\n  evidence:\n    type: s3\n    bucket: {BUCKET}\n    region: us-east-1\n"
+    with LocalSite() as site:
+        (project / "documents" / "e.md").write_text(f"[pdf]({site.url('/doc.pdf')})\n", encoding="utf-8")
+        (project / "documents" / "f.md").write_text(f"[png]({site.url('/img/a.png')})\n", encoding="utf-8")
+        down = write_config(project, store + "    endpoint_url: http://127.0.0.1:9\ndefault_store: evidence\n")
+        assert main(["run", "--config", str(down), "--only", "documents/e.md"]) == 2
+        err = capsys.readouterr().err
+        assert "store unreachable" in err and "bags stay queued locally" in err
+        queued = sorted(p.name for p in (project / "bags").iterdir())
+        assert len(queued) == 1 and queued[0].startswith("e_")
+        assert site.hits("/doc.pdf") == 1 and site.hits("/img/a.png") == 0  # --only: f.md untouched
+        assert report_of(project)["exit_status"] == 2
+
+        up = write_config(project, store + f"    endpoint_url: {moto_s3.endpoint_url}\ndefault_store: evidence\n")
+        site.clear_requests()
+        assert main(["run", "--config", str(up)]) == 0
+        assert [r.path for r in site.requests] == ["/img/a.png"]  # e.md is unchanged: only f.md fetches
+    stored = {k.split("/")[0] for k in bucket_keys(moto_s3) if k.endswith("/bagit.txt")}
+    assert queued[0] in stored and len(stored) == 2

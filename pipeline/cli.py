@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
+    # whatever umask we inherit, nothing we write is group- or world-writable (files 0644, dirs 0755 at most)
+    os.umask(os.umask(0o022) | 0o022)
     try:
         if args.command == "links":
             return _links(args)

@@ -158,6 +158,21 @@ def test_batch_run_to_s3_end_to_end(
 
 
 def test_changed_document_and_url_document_with_a_local_store(project: Path) -> None:
+    previous_umask = os.umask(0)  # a careless environment: the run must not write group/world-writable files
+    try:
+        _changed_document_and_url_document(project)
+    finally:
+        os.umask(previous_umask)
+    for top in ("state", "runs", "bags", "store", "archive_manifests"):
+        for path in [project / top, *(project / top).rglob("*")]:
+            mode = path.lstat().st_mode
+            assert mode & 0o022 == 0, f"{path} is group/world-writable: {oct(mode)}"
+            if path.is_file():
+                assert mode & 0o111 == 0, f"{path} is executable: {oct(mode)}"
+    assert (project / "state").stat().st_mode & 0o777 == 0o700
+
+
+def _changed_document_and_url_document(project: Path) -> None:
     with LocalSite() as site:
         (project / "documents" / "c.md").write_text(f"[page]({google(site.url('/doc.pdf'))})\n", encoding="utf-8")
         config = write_config(

@@ -163,6 +163,11 @@ class Ledger:
                 cursor.execute("ROLLBACK")
                 raise
 
+    def unassign_bags(self, bags: set[str]) -> None:
+        """Forget assignments to bags that were never published (a crash between assigning and publishing)."""
+        with self._lock:
+            self._db.executemany("DELETE FROM bag_files WHERE bag = ?", [(b,) for b in sorted(bags)])
+
     def referenced_paths(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT path FROM files")}

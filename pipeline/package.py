@@ -18,7 +18,7 @@ import re
 import shutil
 import stat
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,8 +153,10 @@ def build_bag(
     files: Sequence[PayloadFile],
     info: list[tuple[str, str]],
     when: datetime | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> BuiltBag:
-    """Write a bag of `files` with bag-info fields `info` (in this order), atomically, and check it."""
+    """Write a bag of `files` with bag-info fields `info` (in this order), atomically, and check it.
+    `before_publish` runs once the bag is complete, just before the rename that publishes it."""
     when = when or datetime.now(UTC)
     bags_dir.mkdir(parents=True, exist_ok=True)
     final = bags_dir / name
@@ -197,6 +199,8 @@ def build_bag(
             _write_synced(building / tag, content)
         fsync_dir(building)
         _check(building, name)
+        if before_publish is not None:
+            before_publish()
         crashpoint("bag-publish")
         os.rename(building, final)
         fsync_dir(bags_dir)
@@ -205,6 +209,17 @@ def build_bag(
         raise
     digests = {tag: hashlib.sha256(content).hexdigest() for tag, content in tags.items()}
     return BuiltBag(name=name, path=final, payload_oxum=oxum, bag_size=size, files=list(files), tag_digests=digests)
+
+
+def sweep_building(bags_dir: Path) -> list[str]:
+    """Remove bags a crash left half-built (`.<name>.building`); call only while holding the run lock."""
+    removed = []
+    if bags_dir.is_dir():
+        for entry in bags_dir.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(".building") and entry.is_dir():
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+    return removed
 
 
 def _place(root: Path, file: PayloadFile, made: set[Path]) -> None:
@@ -343,7 +358,15 @@ def package_document(
     relevant = [c for c in captures if c.canonical in canonicals]
     all_files = [f.path for c in relevant for f in c.files]
     held_in = ledger.bags_holding(all_files)
-    new_files = [f for c in relevant if c.outcome != "skipped" for f in c.files if f.path not in held_in]
+    # assigned just before a publish that a crash prevented: neither the bag nor its manifest exists
+    unpublished = {
+        b for b in set(held_in.values()) if not (bags_dir / b).is_dir() and not (manifests_dir / f"{b}.json").is_file()
+    }
+    if unpublished:
+        ledger.unassign_bags(unpublished)
+        held_in = {path: bag for path, bag in held_in.items() if bag not in unpublished}
+    # a capture skipped as held may still be in no bag (its run was killed before packaging): bag it now
+    new_files = [f for c in relevant for f in c.files if f.path not in held_in]
     content = document.content if document.content is not None else _read_document(document)
     doc_name = sanitize_name(document.file_name or (document.path.name if document.path else "document.txt"))
     doc_payload = payload_from_bytes(f"data/document/{doc_name}", content, "text/plain; charset=utf-8")
@@ -387,8 +410,11 @@ def package_document(
     manifest = provenance(bag=name, paths_in_bag=paths_in_bag, **common)
     files = [doc_payload, *payload, payload_from_bytes("data/provenance.json", encode(manifest), "application/json")]
     info = info_fields(settings, document.id, document.description or _describe(document), run_id)
-    built = build_bag(bags_dir, name, files, info, when)
-    ledger.assign_bag(list(paths_in_bag), name)
+    # assigned before the rename: a crash between leaves an assignment to an unpublished bag (undone above on
+    # the next run), never a published bag that the ledger does not know (which the next run would duplicate)
+    built = build_bag(
+        bags_dir, name, files, info, when, before_publish=lambda: ledger.assign_bag(list(paths_in_bag), name)
+    )
     path = manifests_dir / f"{name}.json"
     write_manifest(manifest, path)
     return PackageResult(document, built, path)

@@ -120,7 +120,8 @@ class DocumentRun:
     sha256: str | None = None
     settings: str = ""
     status: str = "new"  # new | changed | unchanged | error
-    error: str | None = None
+    error: str | None = None  # the document could not be read or parsed at all
+    problems: list[str] = field(default_factory=list)  # parts of it that could not be read
     links: list[Link] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
@@ -176,6 +177,9 @@ def _locked_run(
         _plan(documents, ledger, state, cfg.capture.retry_failed_seconds(), cfg.capture.recapture_seconds())
         todo = _unique([t for d in documents if d.active for t in d.targets if t.fetchable])
         for doc in documents:
+            for problem in doc.problems:
+                problems.append(problem)
+                log.error("document", problem, document=doc.source)
             if doc.error:
                 problems.append(f"{doc.source}: {doc.error}")
                 log.error("document", f"{doc.source}: {doc.error}", document=doc.source)
@@ -220,16 +224,13 @@ def _locked_run(
 
             if todo:
                 captures = capturer.run(todo, progress=progress)
-        _package(documents, captures, loaded, ledger, run_id, capture_dir, log, problems)
+        _package(documents, captures, loaded, ledger, state, run_id, capture_dir, log, problems)
         stored_now: list[str] = []
         if store is not None:
             stored_now = _upload_pending(store, loaded, state, run_id, log, problems)
             audit = cfg.run.audit_after_upload if options.audit is None else options.audit
             if audit and stored_now:
                 _audit_stored(store, stored_now, loaded, log, problems)
-        for doc in documents:
-            if not doc.error and doc.sha256 is not None:
-                state.mark_processed(doc.source, doc.sha256, doc.settings, run_id)
         run_dir = loaded.output_path(cfg.output.runs_dir) / run_id
         previous = _previous_report(run_dir.parent, run_id)
         report = build_report(
@@ -385,8 +386,7 @@ def _extract(documents: list[DocumentRun], loaded: LoadedConfig, log: RunLog) ->
             continue
         for warning in result.warnings:
             log.warning("extract", warning, document=doc.source)
-        if result.errors:
-            doc.error = "; ".join(result.errors)
+        doc.problems.extend(result.errors)  # reported; the links that were found are still archived
         doc.links = list(result.links)
         if doc.url is not None:  # the page itself is evidence too
             doc.links.append(Link(source=doc.source, href=doc.url, url=doc.url, syntax="document-url"))
@@ -473,17 +473,22 @@ def _package(
     captures: list[Capture],
     loaded: LoadedConfig,
     ledger: Ledger,
+    state: RunState,
     run_id: str,
     capture_dir: Path,
     log: RunLog,
     problems: list[str],
 ) -> None:
-    from pipeline.package import BagSettings, Document, PackageError, package_document
+    """Bag each active document; a document counts as processed (unchanged next time) once its bag (or its
+    no-bag manifest) is written, so a run killed later does not bag it again."""
+    from pipeline.package import BagSettings, Document, PackageError, package_document, sweep_building
 
     cfg = loaded.config
     settings = BagSettings(source_organization=cfg.bag.source_organization, contact_email=cfg.bag.contact_email)
     operator = {**cfg.bag.operator, "user": getpass.getuser()}
     active = [d for d in documents if d.active and not d.error]
+    for name in sweep_building(loaded.output_path(cfg.output.bags_dir)):
+        log.warning("package", f"removed {name}: a bag left half-built by an interrupted run")
     with log.stage("package", len(active)) as advance:
         for doc in active:
             document = Document(source=doc.source, id=doc.id, path=doc.path, description=doc.description)
@@ -510,6 +515,8 @@ def _package(
                 advance(1, failed=1)
                 continue
             doc.manifest = str(result.manifest_path)
+            if doc.sha256 is not None:
+                state.mark_processed(doc.source, doc.sha256, doc.settings, run_id)
             if result.bag is not None:
                 doc.bag = result.bag.path.name
                 log.info("bag", f"bag {result.bag.path} ({result.bag.payload_oxum})", bag=doc.bag, document=doc.source)
@@ -521,6 +528,7 @@ def _upload_pending(
 ) -> list[str]:
     """Every finished bag not yet in this store is uploaded: this run's and any an earlier run left queued."""
     from pipeline.manifest import record_copies
+    from pipeline.manifest import write as write_manifest
     from pipeline.store import StoreError
     from pipeline.store.base import BagUploadError
 
@@ -543,8 +551,9 @@ def _upload_pending(
                 advance(1, failed=1)
                 continue
             manifest = loaded.output_path(cfg.output.manifests_dir) / f"{bag.name}.json"
-            if manifest.is_file():
-                record_copies(manifest, result)
+            if not manifest.is_file():  # killed between publishing the bag and writing its manifest's copy
+                write_manifest(json.loads((bag / "data" / "provenance.json").read_text(encoding="utf-8")), manifest)
+            record_copies(manifest, result)
             state.mark_uploaded(bag.name, store.uri, run_id)
             stored.append(bag.name)
             log.info("stored", f"stored {bag.name} -> {store.uri}{bag.name}/", bag=bag.name, store=store.uri)

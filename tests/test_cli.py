@@ -95,7 +95,7 @@ def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, capsys) -> N
         ("documents:\n  - path: a.md\n    base_url: not a url\n", "documents[0].base_url: Input should be a valid URL"),
         ("documents: [\n", "not valid YAML (line 2, column 1)"),
         ("output:\n  runs_dir: [1]\n", "output.runs_dir: Input should be a valid string"),
-        ("documents:\n  - {}\n", "documents[0]: Value error, give exactly one of 'path' or 'glob'"),
+        ("documents:\n  - {}\n", "documents[0]: Value error, give exactly one of 'path', 'glob' or 'url'"),
         ("- a\n- b\n", "a config must be a mapping"),
     ],
 )

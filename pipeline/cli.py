@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import shlex
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, sqlite3.Error) as exc:  # a full disk or a broken state directory: say what, not a traceback
+        where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"error: {where}{reason}; stopped (what was committed is kept: run again to resume)", file=sys.stderr)
         return EXIT_USAGE
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return EXIT_USAGE  # pragma: no cover

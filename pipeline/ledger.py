@@ -85,7 +85,8 @@ class Ledger:
                     rows.append(self._insert(cursor, capture))
                 cursor.execute("COMMIT")
             except BaseException:
-                cursor.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    cursor.execute("ROLLBACK")
                 raise
         return rows
 
@@ -160,7 +161,8 @@ class Ledger:
                 cursor.executemany("INSERT INTO bag_files (path, bag) VALUES (?, ?)", [(p, bag) for p in paths])
                 cursor.execute("COMMIT")
             except BaseException:
-                cursor.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    cursor.execute("ROLLBACK")
                 raise
 
     def unassign_bags(self, bags: set[str]) -> None:

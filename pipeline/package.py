@@ -412,11 +412,17 @@ def package_document(
     info = info_fields(settings, document.id, document.description or _describe(document), run_id)
     # assigned before the rename: a crash between leaves an assignment to an unpublished bag (undone above on
     # the next run), never a published bag that the ledger does not know (which the next run would duplicate)
-    built = build_bag(
-        bags_dir, name, files, info, when, before_publish=lambda: ledger.assign_bag(list(paths_in_bag), name)
-    )
+    try:
+        built = build_bag(
+            bags_dir, name, files, info, when, before_publish=lambda: ledger.assign_bag(list(paths_in_bag), name)
+        )
+    except OSError as exc:  # a full disk, most likely; build_bag has removed what it started
+        raise PackageError(f"{bags_dir / name}: cannot write the bag: {exc.strerror or exc}") from None
     path = manifests_dir / f"{name}.json"
-    write_manifest(manifest, path)
+    try:
+        write_manifest(manifest, path)
+    except OSError as exc:  # the bag is published; the next upload writes this copy from its provenance.json
+        raise PackageError(f"{path}: cannot write the manifest copy: {exc.strerror or exc}") from None
     return PackageResult(document, built, path)
 
 

@@ -44,12 +44,16 @@ class LocalStore:
         destination.parent.mkdir(parents=True, exist_ok=True)
         tmp = destination.with_name(destination.name + ".part")
         digest = hashlib.sha256()
-        with source.open("rb") as src, tmp.open("wb") as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
+        try:
+            with source.open("rb") as src, tmp.open("wb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except OSError as exc:  # a full disk, most likely: nothing half-written is left under any name
+            tmp.unlink(missing_ok=True)
+            raise BagUploadError(f"{destination}: cannot write: {exc.strerror or exc}") from None
         if digest.hexdigest() != sha256:
             tmp.unlink(missing_ok=True)
             raise BagUploadError(f"{source}: sha256 {digest.hexdigest()} differs from the manifest's {sha256}")

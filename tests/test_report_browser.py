@@ -95,3 +95,62 @@ def test_report_table_is_visible_sortable_and_filterable(
     sizes_desc = [visible.nth(i).locator("td").nth(7).inner_text() for i in range(visible.count())]
     assert [int(s) for s in sizes_desc if s] == sorted(numbers, reverse=True)
     page.close()
+
+
+def test_hostile_link_text_is_shown_as_text_never_run(tmp_path: Path, browser: Any) -> None:
+    """Documents and web servers are written by others: a URL or a reason that carries markup must be shown
+    literally (escaped, and the page's Content-Security-Policy would stop an inline handler anyway)."""
+    from pipeline.runreport import render_html
+
+    script = "\"><script>document.title='pwned'</script>"
+    handler = "<img src=x onerror=\"document.title='pwned'\">"
+    row = {
+        "source": "doc.md",
+        "location": "1:1",
+        "href": "https://example.org/" + script,
+        "text": handler,
+        "url": "https://example.org/" + script,
+        "canonical": "https://example.org/",
+        "kind": "page",
+        "outcome": "failed",
+        "http_status": 500,
+        "size": None,
+        "sha256": None,
+        "captured": None,
+        "bags": [],
+        "stored": [],
+        "reason": handler,
+    }
+    report = {
+        "run_id": "r1",
+        "started": "2026-11-24T00:00:00+00:00",
+        "ended": "2026-11-24T00:00:01+00:00",
+        "software": "preserve-pipeline test",
+        "store": None,
+        "previous_run": None,
+        "exit_status": 1,
+        "totals": {"links": 1, "failed": 1},
+        "problems": [handler],
+        "still_failing": [{"url": row["url"], "reason": handler, "sources": ["doc.md:1:1"]}],
+        "documents": [
+            {
+                "source": "doc.md",
+                "status": "new",
+                "sha256": None,
+                "bag": None,
+                "manifest": None,
+                "error": script,
+                "links": [row],
+            }
+        ],
+    }
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_html(report), encoding="utf-8")
+    page = browser.new_page()
+    page.goto(page_file.as_uri())
+    assert page.title() == "preserve run r1"
+    cells = page.locator("#links tbody tr").first.locator("td")
+    assert cells.nth(2).inner_text() == "https://example.org/" + script
+    assert cells.nth(10).inner_text() == handler
+    assert page.locator("img").count() == 0 and page.locator("body script").count() == 1  # only the report's own
+    page.close()

@@ -260,7 +260,8 @@ def _record_capture_run(
 
 def _package(args: argparse.Namespace) -> int:
     from pipeline.ledger import Ledger
-    from pipeline.package import BagSettings, Document, PackageError, package_document
+    from pipeline.package import PackageError
+    from pipeline.run import package_recorded
 
     loaded = load_config(args.config)
     try:
@@ -268,42 +269,18 @@ def _package(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    output = loaded.config.output
-    bags_dir = args.out or loaded.output_path(output.bags_dir)
-    bag = loaded.config.bag
-    settings = BagSettings(source_organization=bag.source_organization, contact_email=bag.contact_email)
+    bags_dir = args.out or loaded.output_path(loaded.config.output.bags_dir)
     failed = 0
     with Ledger(Path(record.ledger)) as ledger:
         for doc in record.documents:
-            content = doc.get("content")
-            document = Document(
-                source=doc["source"],
-                id=doc["id"],
-                path=Path(doc["path"]) if doc.get("path") else None,
-                content=content.encode("utf-8") if isinstance(content, str) else None,
-                file_name=doc.get("file_name"),
-            )
             try:
-                result = package_document(
-                    document,
-                    targets,
-                    captures,
-                    capture_dir=Path(record.capture_dir),
-                    bags_dir=bags_dir,
-                    manifests_dir=loaded.output_path(output.manifests_dir),
-                    ledger=ledger,
-                    run_id=record.run_id,
-                    config_digest=record.config_digest,
-                    settings=settings,
-                    operator=record.operator,
-                    rejected=rejected,
-                )
+                result = package_recorded(loaded, record, doc, (targets, captures, rejected), ledger, bags_dir=bags_dir)
             except PackageError as exc:
                 failed += 1
-                print(f"error: {document.source}: not packaged: {exc}", file=sys.stderr)
+                print(f"error: {doc['source']}: not packaged: {exc}", file=sys.stderr)
                 continue
             if result.bag is None:
-                print(f"no bag  {document.source}: {result.reason} (manifest {result.manifest_path})")
+                print(f"no bag  {doc['source']}: {result.reason} (manifest {result.manifest_path})")
             else:
                 built = result.bag
                 print(f"bag     {built.path}  {built.payload_oxum} ({built.bag_size})  manifest {result.manifest_path}")

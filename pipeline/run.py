@@ -89,8 +89,10 @@ def display_path(path: Path) -> str:
 
 
 def new_run_id(now: datetime | None = None) -> str:
+    """UTC time to the millisecond, then a random suffix: run ids sort in the order runs started (two runs
+    in one second included), which is how the previous run's report is found."""
     now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z-" + secrets.token_hex(3)
 
 
 # -- the batch run ---------------------------------------------------------------------------------------
@@ -589,7 +591,7 @@ def store_capture_run(run_dir: Path, loaded: LoadedConfig, store_spec: str, log:
     """A one-off capture goes the whole way: its run (the command line as the "document") becomes a bag,
     which is stored and given a fast audit. Returns the exit status and the problems."""
     from pipeline.manifest import record_copies
-    from pipeline.package import BagSettings, Document, PackageError, package_document
+    from pipeline.package import PackageError
     from pipeline.runrecord import read_run
     from pipeline.store import StoreError
     from pipeline.store.base import BagUploadError
@@ -600,35 +602,20 @@ def store_capture_run(run_dir: Path, loaded: LoadedConfig, store_spec: str, log:
     if store_error:
         return 2, [store_error]
     doc = record.documents[0]
-    content = doc.get("content")
-    document = Document(
-        source=doc["source"],
-        id=doc["id"],
-        content=content.encode("utf-8") if isinstance(content, str) else None,
-        file_name=doc.get("file_name"),
-        description=f"One-off capture by {record.operator.get('user', 'unknown')}",
-    )
-    settings = BagSettings(source_organization=cfg.bag.source_organization, contact_email=cfg.bag.contact_email)
-    manifests_dir = loaded.output_path(cfg.output.manifests_dir)
     with Ledger(Path(record.ledger)) as ledger:
         try:
-            result = package_document(
-                document,
-                targets,
-                captures,
-                capture_dir=Path(record.capture_dir),
+            result = package_recorded(
+                loaded,
+                record,
+                doc,
+                (targets, captures, rejected),
+                ledger,
                 bags_dir=loaded.output_path(cfg.output.bags_dir),
-                manifests_dir=manifests_dir,
-                ledger=ledger,
-                run_id=record.run_id,
-                config_digest=record.config_digest,
-                settings=settings,
-                operator=record.operator,
-                rejected=rejected,
                 document_changed=True,
+                description=f"One-off capture by {record.operator.get('user', 'unknown')}",
             )
         except PackageError as exc:
-            return 1, [f"{document.source}: not packaged: {exc}"]
+            return 1, [f"{doc['source']}: not packaged: {exc}"]
     assert result.bag is not None  # document_changed: there is always a bag
     bag = result.bag.path
     log.info("bag", f"bag {bag} ({result.bag.payload_oxum})", bag=bag.name)
@@ -643,6 +630,49 @@ def store_capture_run(run_dir: Path, loaded: LoadedConfig, store_spec: str, log:
     if not problems:
         log.info("audit", f"{bag.name}: fast audit of the stored copy passed", bag=bag.name)
     return (1 if problems else 0), problems
+
+
+def package_recorded(
+    loaded: LoadedConfig,
+    record: Any,
+    entry: dict[str, Any],
+    recorded: tuple[list[Target], list[Capture], list[Rejected]],
+    ledger: Ledger,
+    *,
+    bags_dir: Path,
+    document_changed: bool = False,
+    description: str | None = None,
+) -> Any:
+    """Bag one document of a run record (`runs/<id>/run.json`): `preserve package --run` and one-off
+    captures with `--store` both come this way."""
+    from pipeline.package import BagSettings, Document, package_document
+
+    cfg = loaded.config
+    content = entry.get("content")
+    document = Document(
+        source=entry["source"],
+        id=entry["id"],
+        path=Path(entry["path"]) if entry.get("path") else None,
+        content=content.encode("utf-8") if isinstance(content, str) else None,
+        file_name=entry.get("file_name"),
+        description=description,
+    )
+    targets, captures, rejected = recorded
+    return package_document(
+        document,
+        targets,
+        captures,
+        capture_dir=Path(record.capture_dir),
+        bags_dir=bags_dir,
+        manifests_dir=loaded.output_path(cfg.output.manifests_dir),
+        ledger=ledger,
+        run_id=record.run_id,
+        config_digest=record.config_digest,
+        settings=BagSettings(source_organization=cfg.bag.source_organization, contact_email=cfg.bag.contact_email),
+        operator=record.operator,
+        rejected=rejected,
+        document_changed=document_changed,
+    )
 
 
 def put_s3_audit_event(store: Any, bag: str, event: dict[str, Any]) -> None:

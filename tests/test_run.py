@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.runstate import run_lock
-from tests.support.s3 import MotoS3, s3_client, s3_env
+from tests.support.s3 import MotoS3, s3_client
 from tests.support.site import LocalSite, _static
 
 BUCKET = "evidence"
@@ -25,16 +25,8 @@ def google(url: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dummy_aws: None) -> Path:
     """A project directory as `make archive` sees one, and boto3 credentials for the loopback endpoint only."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    for name, value in s3_env("http://127.0.0.1:1").items():
-        if not name.startswith("AWS_ENDPOINT"):
-            monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     (tmp_path / "documents").mkdir()
     (tmp_path / "configs").mkdir()
     monkeypatch.chdir(tmp_path)

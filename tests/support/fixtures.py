@@ -6,6 +6,7 @@ Load as a plugin (``pytest_plugins = ["tests.support.fixtures"]`` in ``tests/con
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,3 +29,19 @@ def site() -> Iterator[LocalSite]:
     """
     with LocalSite() as local_site:
         yield local_site
+
+
+@pytest.fixture
+def dummy_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """boto3's standard chain finds the dummy credentials of the loopback S3 endpoint, and nothing of this
+    machine's own configuration."""
+    from tests.support.s3 import s3_env
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in s3_env("http://127.0.0.1:1").items():
+        if not name.startswith("AWS_ENDPOINT"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))

@@ -131,6 +131,13 @@ class Ledger:
                 return None
         return capture_from_json(json.loads(row[0]))
 
+    def held_keys(self) -> set[tuple[str, str]]:
+        """Every (canonical, fetcher) with a successful capture: one query, so a run asks `held` only for
+        those instead of twice per target."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT canonical, fetcher FROM captures WHERE outcome = 'ok'").fetchall()
+        return {(str(row[0]), str(row[1])) for row in rows}
+
     def attempts(self, canonical: str | None = None) -> list[Capture]:
         """Every recorded attempt, oldest first (for one target when `canonical` is given)."""
         query = "SELECT record FROM captures"

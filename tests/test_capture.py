@@ -148,6 +148,24 @@ def test_redirect_chain_is_one_pair_per_hop(site, tmp_path: Path) -> None:
             assert record.rec_headers.get_header("WARC-IP-Address") == "127.0.0.1"
 
 
+def test_cookie_set_on_a_redirect_hop_is_sent_on_the_next(site, tmp_path: Path) -> None:
+    """The session's cookie jar works as with `Session.get`: a hop's Set-Cookie goes out on the next hop."""
+
+    def set_cookie(h: fixture_site.SiteHandler) -> None:
+        h.respond(302, b"", headers=[("Set-Cookie", "consent=yes; Path=/"), ("Location", "/needs-cookie")])
+
+    def needs_cookie(h: fixture_site.SiteHandler) -> None:
+        cookie = h.headers.get("Cookie") or ""
+        h.respond(200 if "consent=yes" in cookie else 403, f"<title>{cookie}</title>".encode())
+
+    site.add_route("/set-cookie", set_cookie)
+    site.add_route("/needs-cookie", needs_cookie)
+    (result,) = capture(tmp_path, [site.url("/set-cookie")], requisites=False)
+    assert result.outcome == "ok" and result.http_status == 200 and result.title == "consent=yes"
+    requests = responses(tmp_path / result.files[0].path)
+    assert set(requests) == {site.url("/set-cookie"), site.url("/needs-cookie")}
+
+
 @pytest.mark.parametrize(
     ("path", "wire_body", "decoded"),
     [

@@ -451,3 +451,24 @@ def test_known_block_digest_writes_in_order_and_digests_the_file(tmp_path: Path)
     with path.open("rb") as handle:
         payloads = [r.content_stream().read() for r in ArchiveIterator(handle) if r.rec_type == "response"]
     assert payloads == [body]
+
+
+def test_digest_patched_in_memory_keeps_the_file_digests(tmp_path: Path) -> None:
+    """Without a block digest the record is patched in place; while it is still in memory, the running
+    digests of the file stay valid, so nothing is read back."""
+    body = b"<html>no digest given</html>" * 50
+    path = tmp_path / "patched.warc.gz"
+    with WarcFile(path, software="test/1") as warc:
+        warc.write_response(
+            "http://example.org/",
+            status_line="HTTP/1.1 200 OK",
+            headers=[("Content-Type", "text/html")],
+            body=io.BytesIO(body),
+            body_length=len(body),
+            payload_sha256=hashlib.sha256(body).hexdigest(),
+        )
+    data = path.read_bytes()
+    assert warc.sha256 == hashlib.sha256(data).hexdigest()
+    assert warc.sha512 == hashlib.sha512(data).hexdigest()
+    check = subprocess.run([sys.executable, "-m", "warcio.cli", "check", str(path)], capture_output=True)
+    assert check.returncode == 0, check.stdout

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import SimpleQueue
 from urllib.parse import urlsplit
 
 from pipeline import __version__
@@ -77,13 +78,24 @@ class Capturer:
         _clear_dir(self.out_dir / ".tmp")
         results: dict[int, list[Capture]] = {}
         pending: dict[Future[list[Capture]], int] = {}
+        # finished futures arrive here: cheaper for the main thread than `wait(FIRST_COMPLETED)`, which
+        # registers a waiter with every pending future on each call
+        done_queue: SimpleQueue[Future[list[Capture]]] = SimpleQueue()
         fetchable = [(i, t) for i, t in enumerate(targets) if t.fetchable]
         recapture = self.settings.recapture_seconds()
+        # what the ledger held when the run started, plus what this run commits (its only writer): the ledger
+        # is asked about a target only when it can hold something for it, not twice for every target
+        held_keys = self.ledger.held_keys()
 
         def submit(pool: ThreadPoolExecutor, index: int, target: Target) -> None:
             # what is held is read here, on the main thread, so workers never wait on the ledger's lock
-            held = {f: self.ledger.held(target.canonical, f, recapture) for f in ("http", "media")}
-            pending[pool.submit(self.capture_target, target, held)] = index
+            held = {
+                f: self.ledger.held(target.canonical, f, recapture) if (target.canonical, f) in held_keys else None
+                for f in ("http", "media")
+            }
+            future = pool.submit(self.capture_target, target, held)
+            pending[future] = index
+            future.add_done_callback(done_queue.put)
 
         with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="capture") as pool:
             queue = iter(fetchable)
@@ -91,7 +103,9 @@ class Capturer:
             for index, target in _take(queue, 2 * self.settings.workers):
                 submit(pool, index, target)
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done = [done_queue.get()]
+                while not done_queue.empty():  # everything else that finished meanwhile, in the same batch
+                    done.append(done_queue.get())
                 finished: list[tuple[int, list[Capture]]] = []
                 for future in done:
                     index = pending.pop(future)
@@ -104,7 +118,9 @@ class Capturer:
                 # everything that finished meanwhile is committed in one transaction: one disk sync for all,
                 # after the directory holding the renamed WARC files is synced (once, not once per file)
                 fsync_dir(self.out_dir / "warc")
-                self.ledger.record_many([c for _, caps in finished for c in caps if c.outcome != "skipped"])
+                recorded = [c for _, caps in finished for c in caps if c.outcome != "skipped"]
+                self.ledger.record_many(recorded)
+                held_keys.update((c.canonical, c.fetcher) for c in recorded if c.outcome == "ok")
                 for index, captures in finished:
                     results[index] = captures
                     if progress is not None:

@@ -16,14 +16,18 @@ class HostGate:
         self.concurrency = concurrency
         self.interval = 1.0 / rate
         self._lock = threading.Lock()
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots: dict[str, threading.BoundedSemaphore | threading.Lock] = {}
         self._next_start: dict[str, float] = {}
 
     @contextmanager
     def slot(self, host: str) -> Iterator[None]:
         """Hold one of the host's request slots, starting no sooner than its rate allows."""
         with self._lock:
-            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.concurrency))
+            semaphore = self._slots.get(host)
+            if semaphore is None:
+                # one request at a time (the default) needs no counting: a plain lock is the same and cheaper
+                semaphore = threading.Lock() if self.concurrency == 1 else threading.BoundedSemaphore(self.concurrency)
+                self._slots[host] = semaphore
         with semaphore:
             with self._lock:
                 now = time.monotonic()

@@ -6,6 +6,8 @@ import fnmatch
 import glob
 import hashlib
 import ipaddress
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +59,40 @@ class Output(_Strict):
     store_dir: str = "store"
 
 
+class SiteHeaders(_Strict):
+    """Request headers for one site (a login cookie, a bearer token). Values name environment variables as
+    `${NAME}`, so no secret lives in a config file; they are sent only to hosts that match, never across a
+    redirect to another host, and redacted from the WARC `request` records."""
+
+    match: str = Field(min_length=1, description="a host name, or a glob such as *.example.org")
+    headers: dict[str, str]
+
+    @field_validator("headers")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
+    def resolved(self) -> dict[str, str]:
+        """The headers with `${NAME}` taken from the environment; raises ValueError naming a missing one."""
+        out = {}
+        for name, value in self.headers.items():
+
+            def expand(match: re.Match[str], header: str = name) -> str:
+                env = os.environ.get(match.group(1))
+                if env is None:
+                    raise ValueError(f"header {header}: environment variable {match.group(1)} is not set")
+                return env
+
+            out[name] = _ENV_REF.sub(expand, value)
+        return out
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 class CaptureSettings(_Strict):
     """Limits and politeness for fetching. Defaults suit archiving public web pages from one machine."""
 
@@ -85,6 +121,22 @@ class CaptureSettings(_Strict):
     retry_failed_after: str = Field("12h", pattern=r"^(never|\d+(\.\d+)?[smhd])$")
     user_agent: str = "preserve-pipeline/0.1 (archival capture of cited evidence)"
     warc_compresslevel: int = Field(6, ge=0, le=9)
+    site_headers: list[SiteHeaders] = Field(default_factory=list)
+
+    @field_validator("site_headers")
+    @classmethod
+    def _environment_set(cls, value: list[SiteHeaders]) -> list[SiteHeaders]:
+        for site in value:
+            site.resolved()  # a missing variable is a config error now, not a failed capture later
+        return value
+
+    def headers_for(self, host: str) -> dict[str, str]:
+        """Configured headers for a host name (first matching entry wins)."""
+        host = host.lower().rstrip(".")
+        for site in self.site_headers:
+            if fnmatch.fnmatchcase(host, site.match.lower()):
+                return site.resolved()
+        return {}
 
     @field_validator("allowed_networks")
     @classmethod

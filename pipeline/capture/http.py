@@ -16,6 +16,7 @@ import re
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -97,6 +98,7 @@ class Exchange:
     peer: str | None
     started: datetime
     content_type: str
+    redacted: tuple[str, ...] = ()  # request headers whose values the WARC does not keep
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -155,10 +157,11 @@ class HttpFetcher:
         host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         limit = self.settings.max_body_bytes if max_bytes is None else max_bytes
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        extra = self.settings.headers_for(parts.hostname or "") if self.settings.site_headers else {}
         with self.gate.slot(host):
             started = datetime.now(UTC)
             try:
-                response = self._get(url, timeout)
+                response = self._get(url, timeout, extra)
             except BlockedAddress as exc:
                 raise FetchError(str(exc), retryable=False) from None
             except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, ValueError) as exc:
@@ -170,7 +173,7 @@ class HttpFetcher:
             finally:
                 response.close()
 
-    def _get(self, url: str, timeout: tuple[float, float]) -> requests.Response:
+    def _get(self, url: str, timeout: tuple[float, float], extra: dict[str, str]) -> requests.Response:
         """`session.get(url, stream=True, allow_redirects=False)` without what it does per request that we
         never use (copies of the cookie jar and of merged settings, hooks, proxies, preparing the next hop
         of a redirect not followed), which cost as much CPU as a small page's WARC: the same prepared
@@ -178,7 +181,8 @@ class HttpFetcher:
         the session's guarded adapter, its cookies kept in the session's jar as `Session.send` keeps them."""
         session = self.session
         prepared = requests.PreparedRequest()
-        prepared.prepare(method="GET", url=url, headers=session.headers, cookies=session.cookies, data={}, params={})
+        headers = {**session.headers, **extra} if extra else session.headers
+        prepared.prepare(method="GET", url=url, headers=headers, cookies=session.cookies, data={}, params={})
         adapter = session.get_adapter(url=url)
         response = adapter.send(prepared, stream=True, timeout=timeout, verify=session.verify, cert=None, proxies={})
         extract_cookies_to_jar(session.cookies, prepared, response.raw)
@@ -196,7 +200,10 @@ class HttpFetcher:
         head = http_head_bytes(status_line, headers)
         peer = last_peer_address()
         request = response.request
-        request_headers = [("Host", urlsplit(url).netloc), *((str(k), str(v)) for k, v in request.headers.items())]
+        request_headers, redacted = _redact(
+            [("Host", urlsplit(url).netloc), *((str(k), str(v)) for k, v in request.headers.items())],
+            self.settings.site_headers,
+        )
         sha256, sha512, block = hashlib.sha256(), hashlib.sha512(), hashlib.sha256(head)
         size = 0
         # small bodies stay in memory: a temporary file per page cost more than the hashing
@@ -232,6 +239,7 @@ class HttpFetcher:
             block_sha256=block.hexdigest(),
             peer=peer,
             started=started,
+            redacted=redacted,
             content_type=response.headers.get("Content-Type", ""),
         )
 
@@ -304,10 +312,22 @@ class HttpFetcher:
                 concurrent_to=request.record_id,
                 compresslevel=level,
             )
+            note = None
+            if exchange.redacted:  # say what the request record leaves out, so no reader mistakes it for sent
+                note = warc.write_metadata(
+                    exchange.url,
+                    fields=[
+                        ("redacted-request-headers", ", ".join(exchange.redacted)),
+                        ("description", f"redacted request headers: {', '.join(exchange.redacted)}; sent, not kept"),
+                    ],
+                    refers_to=request.record_id,
+                    date=exchange.started,
+                )
         finally:
             exchange.discard()
         return [
             as_warc_record(warc_name, request),
+            *([as_warc_record(warc_name, note)] if note is not None else []),
             as_warc_record(
                 warc_name,
                 response,
@@ -335,7 +355,7 @@ class HttpFetcher:
             head = b""
             if location is None and (exchange.is_html or "css" in exchange.content_type.lower()):
                 exchange.body.seek(0)
-                head = exchange.body.read(4 * CHUNK)
+                head = _decoded_head(exchange.body, exchange.header("Content-Encoding"), 4 * CHUNK)
             result.records.extend(self.record(warc, warc_name, exchange))
             if location is None:
                 return exchange, current, head
@@ -434,6 +454,43 @@ class HttpFetcher:
                     if found and not found.startswith("data:"):
                         queue.append(urljoin(final_url, found))
         return {"captured": captured, "failed": failed, "skipped_over_limits": skipped}
+
+
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _redact(headers: list[tuple[str, str]], sites: list[Any]) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """Request headers as the WARC keeps them: credentials (any configured site header, and Authorization
+    and Cookie whatever set them) replaced by `[redacted]`; returns the names replaced."""
+    secret = SECRET_HEADERS | {name.lower() for site in sites for name in site.headers}
+    kept, redacted = [], []
+    for name, value in headers:
+        if name.lower() in secret:
+            kept.append((name, "[redacted]"))
+            redacted.append(name)
+        else:
+            kept.append((name, value))
+    return kept, tuple(dict.fromkeys(redacted))
+
+
+def _decoded_head(body: IO[bytes], encoding: str | None, limit: int) -> bytes:
+    """Up to `limit` bytes of the body as a reader sees it, for link discovery only (the WARC keeps the bytes
+    as sent). A gzip or deflate body is inflated no further than `limit`: a bomb costs nothing."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body.read(limit)
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        return b""  # br, zstd, ...: not read for links
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in coding else zlib.MAX_WBITS)
+    out = bytearray()
+    try:
+        while len(out) < limit and (chunk := body.read(64 * 1024)):
+            out += inflater.decompress(chunk, limit - len(out))
+            while len(out) < limit and inflater.unconsumed_tail:
+                out += inflater.decompress(inflater.unconsumed_tail, limit - len(out))
+    except zlib.error:
+        pass  # damaged: what inflated so far is still worth scanning
+    return bytes(out[:limit])
 
 
 def _already_compressed(exchange: Exchange) -> bool:

@@ -17,6 +17,9 @@ from urllib.parse import unquote, unquote_to_bytes, urlunsplit
 from pipeline.records import Hop, Link, Rejected, Target
 
 MAX_HOPS = 8
+# Longer URLs are reported, never unwrapped or fetched: servers refuse far shorter ones (8-16 KiB is usual,
+# browsers stop at 2 MB), and a 10 MB wrapper with millions of parameters took seconds to take apart.
+MAX_URL_LENGTH = 65_536
 
 # Parameters the wrappers add themselves; anything else after the target suggests that the target's
 # own query was not encoded (`/url?q=https://ex.com/p?a=1&b=2`).
@@ -393,6 +396,8 @@ def reject_reason(link: Link) -> str | None:
         return None
     if href.startswith("#"):
         return "in-document anchor"
+    if len(link.url) > MAX_URL_LENGTH:
+        return f"URL too long ({len(link.url):,} characters; at most {MAX_URL_LENGTH:,} are fetched)"
     parts = split_url(link.url)
     if parts is None:
         return "not a valid URL (bad host or port)"

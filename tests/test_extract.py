@@ -248,3 +248,14 @@ def test_crlf_document_positions() -> None:
     text = "first line\r\nsecond [x](https://crlf.example/) line\r\n"
     (link,) = links_of(text)
     assert (link.line, link.column) == (2, 12)
+
+
+def test_unclosed_backtick_after_a_bracket_is_text_not_a_crash() -> None:
+    """markdown-it-pyrs panics on `[` followed by a backtick run that never closes; it is literal text."""
+    text = "See [note `x and [a](https://ex.com/a) here.\n\n[`b](https://ex.com/b) and ``https://ex.com/c``\n"
+    links = links_of(text)
+    assert [(link.href, link.syntax, link.text, link.line) for link in links] == [
+        ("https://ex.com/a", "inline", "a", 1),
+        ("https://ex.com/b", "inline", "`b", 3),
+    ]  # the ``code span`` stays one: only runs that close nothing are escaped (no bare ex.com/c)
+    assert all(at(text, link).startswith(link.href) for link in links)

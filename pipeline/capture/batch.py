@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pipeline import __version__
 from pipeline.capture.guard import BlockedAddress, Resolver
-from pipeline.capture.http import HttpFetcher, tool_versions
+from pipeline.capture.http import DISK_FULL, HttpFetcher, tool_versions
 from pipeline.capture.warc import WarcFile, fsync_dir
 from pipeline.config import CaptureSettings
 from pipeline.ledger import Ledger
@@ -86,6 +86,7 @@ class Capturer:
         # what the ledger held when the run started, plus what this run commits (its only writer): the ledger
         # is asked about a target only when it can hold something for it, not twice for every target
         held_keys = self.ledger.held_keys()
+        disk_full: OSError | None = None
 
         def submit(pool: ThreadPoolExecutor, index: int, target: Target) -> None:
             # what is held is read here, on the main thread, so workers never wait on the ledger's lock
@@ -111,7 +112,14 @@ class Capturer:
                     index = pending.pop(future)
                     try:
                         captures = future.result()
-                    except Exception as exc:  # a bug or a disk error: the target failed, the run goes on
+                    except OSError as exc:
+                        if exc.errno not in DISK_FULL:
+                            raise
+                        # a full disk fails every target after it: stop taking new ones, finish what is in
+                        # flight, then say so; the targets not attempted are captured by the next run
+                        disk_full = disk_full or exc
+                        continue
+                    except Exception as exc:  # a bug: the target failed, the run goes on
                         error = f"internal error: {type(exc).__name__}: {exc}"
                         captures = [_failed(targets[index], "http", error)]
                     finished.append((index, captures))
@@ -125,8 +133,12 @@ class Capturer:
                     results[index] = captures
                     if progress is not None:
                         progress(targets[index], captures)
-                for next_index, next_target in _take(queue, len(finished)):
-                    submit(pool, next_index, next_target)
+                if disk_full is None:
+                    for next_index, next_target in _take(queue, len(done)):
+                        submit(pool, next_index, next_target)
+        if disk_full is not None:
+            where = f" writing {disk_full.filename}" if disk_full.filename else ""
+            raise OSError(disk_full.errno, f"{disk_full.strerror}{where}, while capturing") from None
         return [c for i in sorted(results) for c in results[i]]
 
     def capture_target(self, target: Target, held: dict[str, Capture | None] | None = None) -> list[Capture]:

@@ -10,6 +10,7 @@ payload is the entity body as transferred after de-chunking (content encoding ke
 from __future__ import annotations
 
 import email.utils
+import errno
 import hashlib
 import random
 import re
@@ -44,6 +45,7 @@ from pipeline.config import CaptureSettings
 from pipeline.records import Capture, WarcRecord
 
 CHUNK = 1 << 20
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Already compressed: deflating them again costs time and saves nothing, so their records use level 1.
@@ -220,7 +222,12 @@ class HttpFetcher:
         except FetchError:
             spool.close()
             raise
-        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+        except OSError as exc:
+            spool.close()
+            if exc.errno in DISK_FULL:  # our disk, not the connection: the caller stops capturing
+                raise
+            raise FetchError(f"{url}: connection broken after {size} bytes: {_one_line(exc)}", retryable=True) from None
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as exc:
             spool.close()
             raise FetchError(f"{url}: connection broken after {size} bytes: {_one_line(exc)}", retryable=True) from None
         return Exchange(

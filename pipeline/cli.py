@@ -322,7 +322,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from pipeline.audit import append_events, audit_bag, find_bags, fixity_event, history
+    from pipeline.audit import append_events, audit_bags, find_bags, fixity_event, history
     from pipeline.store import StoreError
     from pipeline.store.base import BagUploadError
 
@@ -358,11 +358,13 @@ def _audit(args: argparse.Namespace) -> int:
             print(f"error: {spec}: no bag found there", file=sys.stderr)
             return EXIT_USAGE
         targets.extend((bag, root if bag != root else bag.parent) for bag in bags)
-    audits = [(audit_bag(bag, jobs=args.jobs, full=args.full), root) for bag, root in targets]
-    for audited, root in audits:
+    audits = []
+    # one pool for every bag: the next bag's files are read while this one's last large file hashes
+    for audited, (_, root) in zip(audit_bags([b for b, _ in targets], args.jobs, args.full), targets, strict=True):
         event = fixity_event(audited, args.full)
         append_events(root / "audit" / "fixity.jsonl", [event])
         append_events(local_log, [event])
+        audits.append((audited, root))
     append_events(local_log, [fixity_event(a, args.full) for a in s3_audits])
     everything = [a for a, _ in audits] + s3_audits
     _print_audit(everything, Console())

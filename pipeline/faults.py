@@ -1,7 +1,8 @@
 """Named crash points for crash tests: `PRESERVE_CRASH_AT=<name>` kills the process there with SIGKILL.
 
 Crash safety is only shown by crashing for real (no cleanup handler runs on SIGKILL), at the moment that
-matters, in a subprocess; the variable is never set outside tests.
+matters, in a subprocess; the variable is never set outside tests. `<name>:<n>` crashes on the n-th pass
+through a point that runs in a loop (after the n-th object uploaded, say), so the moment is exact.
 """
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from __future__ import annotations
 import os
 import signal
 
+_passes: dict[str, int] = {}
+
 
 def crashpoint(name: str) -> None:
-    if os.environ.get("PRESERVE_CRASH_AT") == name:
+    wanted = os.environ.get("PRESERVE_CRASH_AT")
+    if not wanted:
+        return
+    point, _, count = wanted.partition(":")
+    if point != name:
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] >= int(count or 1):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.audit import audit_bag, warc_members_complete
+from pipeline.audit import FANOUT_MIN, audit_bag, audit_bags, warc_members_complete
 from pipeline.capture.warc import WarcFile
 from pipeline.manifest import encode
 from pipeline.package import build_bag, payload_from_bytes
@@ -65,6 +65,22 @@ def edit_manifest_line(bag: Path) -> None:
     digest, _, name = lines[0].partition(" ")
     lines[0] = ("0" * 64 if digest != "0" * 64 else "1" * 64) + " " + name
     manifest.write_text("\n".join(lines) + "\n")
+
+
+def edit_sha512_line(bag: Path, relpath: str) -> None:
+    """Change one file's sha512 manifest line (its sha256 stays right) and reseal the tag manifests, so the
+    only thing wrong with the bag is that one digest."""
+    manifest = bag / "manifest-sha512.txt"
+    lines = manifest.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.partition(" ")[2].strip() == relpath)
+    digest = lines[at].partition(" ")[0]
+    lines[at] = ("0" if digest[0] != "0" else "1") + lines[at][1:]
+    manifest.write_text("\n".join(lines) + "\n")
+    for algorithm in ("sha256", "sha512"):
+        tagmanifest = bag / f"tagmanifest-{algorithm}.txt"
+        names = [line.partition(" ")[2].strip() for line in tagmanifest.read_text().splitlines() if line.strip()]
+        digests = [hashlib.new(algorithm, (bag / name).read_bytes()).hexdigest() for name in names]
+        tagmanifest.write_text("".join(f"{d}  {n}\n" for d, n in zip(digests, names, strict=True)))
 
 
 DAMAGE = {
@@ -157,9 +173,52 @@ def test_hostile_manifest_paths_and_symlinks_are_never_followed(pristine: Path, 
         manifest.write(f"{'0' * 64}  data/../../outside\n{'0' * 64}  /etc/passwd\n")
     (bag / "data" / "link.txt").symlink_to(outside)
     (bag / "data" / "linkdir").symlink_to(tmp_path)
+    os.mkfifo(bag / "data" / "pipe")  # a special file inside the bag is not read either
     audit = audit_bag(bag)
     hostile = {f.file for f in audit.failures if f.kind == "hostile"}
-    assert {"data/../../outside", "/etc/passwd", "data/link.txt", "data/linkdir"} <= hostile
+    assert {"data/../../outside", "/etc/passwd", "data/link.txt", "data/linkdir", "data/pipe"} <= hostile
+
+
+def test_a_sha512_line_edited_alone_fails_as_a_digest_mismatch(pristine: Path, tmp_path: Path) -> None:
+    """Every manifest counts, not only sha256: bagit.py agrees that the bag is invalid."""
+    bag = damaged(pristine, tmp_path)
+    edit_sha512_line(bag, "data/media/k/clip.mp4")
+    audit = audit_bag(bag)
+    assert [(f.file, f.kind) for f in audit.failures] == [("data/media/k/clip.mp4", "digest-mismatch")]
+    assert audit.failures[0].detail.startswith("sha512 ")
+    assert not bagit_passes(bag)
+
+
+def test_large_files_take_the_threaded_path_and_every_check_still_sees_every_byte(tmp_path: Path) -> None:
+    """A file over FANOUT_MIN is read once and fed to a thread per digest and to the gzip member check:
+    a wrong sha512, a flipped byte and a cut-off gzip member must each still be found."""
+    import gzip
+
+    member = gzip.compress(os.urandom(1 << 20), compresslevel=1)
+    warc = member * (FANOUT_MIN // len(member) + 2)
+    video = os.urandom(FANOUT_MIN + 12345)
+    files = [payload_from_bytes("data/warc/big.warc.gz", warc), payload_from_bytes("data/media/v/big.mp4", video)]
+    pristine = build_bag(tmp_path / "bags", "big_20261124T000000Z", files, [("Source-Organization", "t")]).path
+    assert min(p.stat().st_size for p in (pristine / "data").rglob("big*")) >= FANOUT_MIN
+    assert audit_bag(pristine).ok
+
+    sha512 = damaged(pristine, tmp_path / "sha512")
+    edit_sha512_line(sha512, "data/media/v/big.mp4")
+    flipped = damaged(pristine, tmp_path / "flipped")
+    flip(flipped / "data/media/v/big.mp4", at=FANOUT_MIN + 1)  # in the last block
+    cut = damaged(pristine, tmp_path / "cut")
+    (cut / "data/warc/big.warc.gz").write_bytes(warc[:-1000])
+    sha512_audit, flipped_audit, cut_audit = audit_bags([sha512, flipped, cut], jobs=2)
+    assert [(f.file, f.detail[:6]) for f in sha512_audit.failures] == [("data/media/v/big.mp4", "sha512")]
+    assert {(f.file, f.kind, f.detail[:6]) for f in flipped_audit.failures} == {
+        ("data/media/v/big.mp4", "digest-mismatch", "sha256"),
+        ("data/media/v/big.mp4", "digest-mismatch", "sha512"),
+    }
+    assert {(f.file, f.kind) for f in cut_audit.failures} == {
+        ("data/warc/big.warc.gz", "digest-mismatch"),
+        ("data/warc/big.warc.gz", "warc-truncated"),
+        ("bag-info.txt", "oxum-mismatch"),
+    }
 
 
 def test_warc_member_check() -> None:

@@ -4,12 +4,15 @@ counts bytes and injects faults. No in-process mocking of boto3."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -227,3 +230,108 @@ def test_s3_audit_fast_and_full_name_each_damage(moto_s3, tmp_path: Path) -> Non
     assert len(events) == 1 and events[0].startswith(f"bags/audit/{bag.name}/")
     event = _json.loads(client.get_object(Bucket=BUCKET, Key=events[0])["Body"].read())
     assert event["eventType"] == "fixity check" and event["outcome"] == "fail"
+
+
+def test_a_replaced_object_in_a_versioned_bucket_is_named_with_the_version_checked(moto_s3, tmp_path: Path) -> None:
+    """Someone puts other bytes over a payload key: both audits name the file and the version they read."""
+    from pipeline.audit import audit_s3_bag, fixity_event
+
+    moto_s3.make_bucket(BUCKET, versioning=True)
+    bag = make_bag(tmp_path, big_mib=1)
+    s3 = store(moto_s3.endpoint_url)
+    uploaded = {o.relpath: o.version_id for o in s3.upload_bag(bag).objects}
+    first = audit_s3_bag(s3, bag.name, full=True)
+    assert first.ok and first.versions["data/document/doc.md"] == uploaded["data/document/doc.md"]
+
+    client = moto_s3.client()
+    manifest = dict(line.split("  ", 1)[::-1] for line in (bag / "manifest-sha256.txt").read_text().splitlines())
+    # same size, and metadata claiming the manifest's sha256: only the server's checksum of the new bytes differs
+    doc = client.put_object(
+        Bucket=BUCKET,
+        Key=f"bags/{bag.name}/data/document/doc.md",
+        Body=b"# tampered\n",
+        Metadata={"sha256": manifest["data/document/doc.md"]},
+        ChecksumAlgorithm="SHA256",
+    )["VersionId"]
+    # a forgery with no sha256 checksum at all fools the fast audit; the full audit reads the bytes
+    warc = client.put_object(
+        Bucket=BUCKET,
+        Key=f"bags/{bag.name}/data/warc/a.warc.gz",
+        Body=os.urandom(300_000),
+        Metadata={"sha256": manifest["data/warc/a.warc.gz"]},
+        ChecksumAlgorithm="CRC32",
+    )["VersionId"]
+    assert doc != uploaded["data/document/doc.md"] and warc != uploaded["data/warc/a.warc.gz"]
+
+    fast = audit_s3_bag(s3, bag.name)
+    assert [(f.file, f.kind, f.version) for f in fast.failures] == [("data/document/doc.md", "digest-mismatch", doc)]
+    assert f"version {doc}" in fast.failures[0].detail
+    full = audit_s3_bag(s3, bag.name, full=True)
+    assert {(f.file, f.kind, f.version) for f in full.failures} == {
+        ("data/document/doc.md", "digest-mismatch", doc),
+        ("data/warc/a.warc.gz", "digest-mismatch", warc),
+    }
+    assert full.versions["data/warc/a.warc.gz"] == warc
+    event = fixity_event(full, True)  # what the fixity log keeps
+    assert {f["version"] for f in event["failures"]} == {doc, warc} and event["versions"] == full.versions
+
+
+def test_an_upload_killed_part_way_audits_as_incomplete_until_it_is_run_again(moto_s3, tmp_path: Path) -> None:
+    """SIGKILL after the 5th object (payload goes first, bagit.txt last): not a pass, but incomplete-upload."""
+    moto_s3.make_bucket(BUCKET)
+    files = [payload_from_bytes(f"data/media/{i:02d}.jpg", os.urandom(20_000)) for i in range(12)]
+    bag = build_bag(tmp_path / "bags", "cut_20261124T000000Z", files, [("Source-Organization", "t")]).path
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PRESERVE_"))}
+    env.update(s3_env(moto_s3.endpoint_url), PYTHONPATH=str(ROOT), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output:\n  state_dir: {tmp_path / 'state'}\n  manifests_dir: {tmp_path / 'm'}\n")
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    upload = [*cli, "upload", str(bag), "--store", f"s3://{BUCKET}/bags", "--config", str(config)]
+    report = tmp_path / "report.json"
+    audit = [*cli, "audit", f"s3://{BUCKET}/bags", "--config", str(config), "--report", str(report)]
+
+    killed = subprocess.run(upload, env={**env, "PRESERVE_CRASH_AT": "upload-object:5"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    keys = [o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert len(keys) == 5 and all(f"/{bag.name}/data/" in k for k in keys)
+
+    cut = subprocess.run([*audit, "--fast"], env=env, capture_output=True, text=True, timeout=60)
+    assert cut.returncode == 1, cut.stderr
+    assert f"FAIL  {bag.name}  bagit.txt  incomplete-upload" in cut.stdout
+    (event,) = json.loads(report.read_text())
+    assert event["outcome"] == "fail" and "incomplete-upload" in {f["kind"] for f in event["failures"]}
+
+    again = subprocess.run(upload, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "5 already there" in again.stdout, again.stderr
+    whole = subprocess.run(audit, env=env, capture_output=True, text=True, timeout=60)  # full: every byte read
+    assert whole.returncode == 0, whole.stdout
+    (event,) = json.loads(report.read_text())
+    assert event["outcome"] == "pass" and event["eventDetail"] == "full" and event["files"] == len(bag_files(bag))
+
+
+def test_the_full_s3_audit_checks_sha512_and_reads_each_object_once(moto_s3, fault_proxy, tmp_path: Path) -> None:
+    """A bag whose sha512 line of a (multipart) file is wrong, sha256 right: the fast audit cannot see it
+    and downloads no payload; the full audit streams each object once through both digests and names it."""
+    from pipeline.audit import audit_s3_bag
+    from tests.test_audit import edit_sha512_line
+
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=6)
+    big = "data/media/k/clip [x] حارم.mp4"
+    edit_sha512_line(bag, big)
+    s3 = store(fault_proxy.endpoint_url)
+    s3.upload_bag(bag)
+    payload = [f.relpath for f in bag_files(bag) if not f.is_tag]
+
+    def gets() -> Counter[str]:
+        paths = (unquote(urlsplit(e.path).path) for e in fault_proxy.exchanges if e.method == "GET")
+        return Counter(p.removeprefix(f"/{BUCKET}/bags/{bag.name}/") for p in paths)
+
+    fault_proxy.reset_stats()
+    assert audit_s3_bag(s3, bag.name).ok
+    assert not any(gets()[relpath] for relpath in payload)  # no payload byte downloaded
+    fault_proxy.reset_stats()
+    full = audit_s3_bag(s3, bag.name, full=True)
+    assert [(f.file, f.kind) for f in full.failures] == [(big, "digest-mismatch")]
+    assert "sha512" in full.failures[0].detail
+    assert all(gets()[relpath] == 1 for relpath in payload)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.faults import crashpoint
+
 CHUNK = 1 << 20
 TAG_ORDER_LAST = ("bag-info.txt", "bagit.txt")  # written last, bagit.txt the very last
 
@@ -75,6 +77,7 @@ def upload_bag_with(bag: Path, store: str, put: Callable[[Path, str, str, int], 
         result.objects.append(stored)
         if not stored.skipped:
             result.bytes_sent += file.size
+        crashpoint("upload-object")  # `upload-object:<n>`: killed right after the n-th object is stored
     manifest = bag / "data" / "provenance.json"  # sealed by the bag's manifests: never changes
     if manifest.is_file():
         digest = sha256_of(manifest)

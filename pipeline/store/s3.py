@@ -202,10 +202,14 @@ class S3Store:
             raise BagUploadError(f"{self.uri}{prefix}: cannot list: {_message(exc)}") from None
         return keys
 
-    def download(self, key: str, write: Callable[[bytes], object]) -> None:
-        response = self.client.get_object(Bucket=self.bucket, Key=key)
+    def download(self, key: str, write: Callable[[bytes], object], version_id: str | None = None) -> str | None:
+        """Stream an object (one version of it, when given) into `write`, 1 MiB at a time; its version id."""
+        extra = {"VersionId": version_id} if version_id and version_id != "null" else {}
+        response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
         for chunk in response["Body"].iter_chunks(MIB):
             write(chunk)
+        version: str | None = response.get("VersionId")
+        return version
 
 
 class _Md5Reader:

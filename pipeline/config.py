@@ -187,6 +187,8 @@ class StoreConfig(_Strict):
     concurrency: int = Field(4, ge=1, le=64)
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
     object_lock_days: int | None = Field(None, ge=1)
+    # how long an S3 endpoint that cannot be reached is waited for (backoff) before the bag is left queued
+    outage_seconds: float = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _complete(self) -> StoreConfig:

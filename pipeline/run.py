@@ -201,10 +201,14 @@ def _locked_run(
             report = build_report(run_id, started, documents, [], ledger, state, store_uri=None, previous=None)
             return RunResult(run_id, None, documents, report, 1 if problems else 0, problems)
 
-        store, store_error = _open_store(options.store, loaded)
-        if store_error:
+        # a store that does not answer now is asked again before uploading (waiting out an outage then):
+        # capture does not wait for it, evidence first
+        store, store_error = _open_store(options.store, loaded, wait=False)
+        if store_error and store is None:
             problems.append(store_error)
             log.error("store", store_error + "; capturing anyway, bags stay queued locally")
+        elif store_error:
+            log.warning("store", store_error + "; capturing anyway, the store is tried again before uploading")
         assert capturer is not None
         captures: list[Capture] = []
         with log.stage("capture", len(todo)) as advance:
@@ -228,7 +232,12 @@ def _locked_run(
                 captures = capturer.run(todo, progress=progress)
         _package(documents, captures, loaded, ledger, state, run_id, capture_dir, log, problems)
         stored_now: list[str] = []
-        if store is not None:
+        if store is not None and store_error:
+            store, store_error = _open_store(options.store, loaded, wait=True)
+            if store_error:
+                problems.append(store_error)
+                log.error("store", store_error + "; bags stay queued locally for the next run")
+        if store is not None and not store_error:
             stored_now = _upload_pending(store, loaded, state, run_id, log, problems)
             audit = cfg.run.audit_after_upload if options.audit is None else options.audit
             if audit and stored_now:
@@ -457,16 +466,21 @@ def _unique(targets: list[Target]) -> list[Target]:
     return list({t.canonical: t for t in targets}.values())
 
 
-def _open_store(spec: str | None, loaded: LoadedConfig) -> tuple[Any, str | None]:
+def _open_store(spec: str | None, loaded: LoadedConfig, wait: bool = True) -> tuple[Any, str | None]:
+    """The store and, when it cannot be used, why. A store that exists but does not answer is returned
+    with its error, so it can be asked again; `wait` lets an S3 store wait out an outage first."""
     from pipeline.store import StoreError, open_store
 
     try:
         store = open_store(spec, loaded)
-        check = getattr(store, "check", None)
-        if check is not None:
-            check()
     except StoreError as exc:
-        return None, f"store unreachable: {exc}"
+        return None, f"store unusable: {exc}"
+    check = getattr(store, "check", None)
+    if check is not None:
+        try:
+            check(wait=wait)
+        except StoreError as exc:
+            return store, f"store unreachable: {exc}"
     return store, None
 
 

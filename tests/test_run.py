@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,10 +268,12 @@ def test_store_down_keeps_bags_queued_and_the_next_run_uploads_them(
     with LocalSite() as site:
         (project / "documents" / "e.md").write_text(f"[pdf]({site.url('/doc.pdf')})\n", encoding="utf-8")
         (project / "documents" / "f.md").write_text(f"[png]({site.url('/img/a.png')})\n", encoding="utf-8")
-        down = write_config(project, store + "    endpoint_url: http://127.0.0.1:9\ndefault_store: evidence\n")
+        down = write_config(
+            project, store + "    endpoint_url: http://127.0.0.1:9\n    outage_seconds: 1\ndefault_store: evidence\n"
+        )
         assert main(["run", "--config", str(down), "--only", "documents/e.md"]) == 2
         err = capsys.readouterr().err
-        assert "store unreachable" in err and "bags stay queued locally" in err
+        assert "store unreachable" in err and "bags stay queued locally for the next run" in err
         queued = sorted(p.name for p in (project / "bags").iterdir())
         assert len(queued) == 1 and queued[0].startswith("e_")
         assert site.hits("/doc.pdf") == 1 and site.hits("/img/a.png") == 0  # --only: f.md untouched
@@ -281,3 +285,29 @@ def test_store_down_keeps_bags_queued_and_the_next_run_uploads_them(
         assert [r.path for r in site.requests] == ["/img/a.png"]  # e.md is unchanged: only f.md fetches
     stored = {k.split("/")[0] for k in bucket_keys(moto_s3) if k.endswith("/bagit.txt")}
     assert queued[0] in stored and len(stored) == 2
+
+
+def test_store_down_for_a_while_is_waited_for_and_the_run_completes(
+    project: Path, moto_s3: MotoS3, fault_proxy: Any
+) -> None:
+    """The endpoint refuses connections when the run starts and comes back some seconds later: capture goes
+    on meanwhile, the upload waits it out with backoff, and the run ends with everything stored."""
+    moto_s3.make_bucket(BUCKET)
+    with LocalSite() as site:
+        (project / "documents" / "g.md").write_text(f"[pdf]({site.url('/doc.pdf')})\n", encoding="utf-8")
+        config = write_config(
+            project,
+            f"stores:\n  evidence:\n    type: s3\n    bucket: {BUCKET}\n    region: us-east-1\n"
+            f"    endpoint_url: {fault_proxy.endpoint_url}\n    outage_seconds: 60\ndefault_store: evidence\n",
+        )
+        fault_proxy.stop_listening()
+        back = threading.Timer(4.0, fault_proxy.start_listening)
+        back.start()
+        started = time.monotonic()
+        try:
+            assert main(["run", "--config", str(config)]) == 0
+        finally:
+            back.join()
+        assert time.monotonic() - started >= 4.0  # it did wait for the store
+    assert any(k.endswith("/bagit.txt") for k in bucket_keys(moto_s3))
+    assert report_of(project)["problems"] == []

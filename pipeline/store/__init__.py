@@ -42,6 +42,7 @@ def open_store(spec: str | None, loaded: object) -> Store:
             concurrency=chosen.concurrency,
             object_lock_mode=chosen.object_lock_mode,
             object_lock_days=chosen.object_lock_days,
+            outage_seconds=chosen.outage_seconds,
         )
     if name == "local":
         return LocalStore(loaded.output_path(config.output.store_dir))

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import boto3
 import botocore.config
@@ -27,6 +28,8 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from pipeline.store.base import BagUploadError, StoredObject, StoreError, UploadResult, upload_bag_with
+
+T = TypeVar("T")
 
 MIB = 1 << 20
 
@@ -47,8 +50,10 @@ class S3Store:
         max_attempts: int = 6,
         object_lock_mode: str | None = None,
         object_lock_days: int | None = None,
+        outage_seconds: float = 300.0,
     ) -> None:
         self.bucket = bucket
+        self.outage_seconds = outage_seconds
         self.prefix = prefix.strip("/")
         config = botocore.config.Config(
             region_name=region,
@@ -80,10 +85,14 @@ class S3Store:
 
     # -- bags -------------------------------------------------------------------------------------------
 
-    def check(self) -> None:
-        """Fail early, as a store error, when the bucket cannot be reached or used."""
+    def check(self, wait: bool = True) -> None:
+        """Fail early, as a store error, when the bucket cannot be reached (after waiting out an outage,
+        with `wait`) or used."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            if wait:
+                self._through_outage(lambda: self.client.head_bucket(Bucket=self.bucket))
+            else:
+                self.client.head_bucket(Bucket=self.bucket)
         except botocore.exceptions.NoCredentialsError:
             raise StoreError(f"{self.uri}: no AWS credentials found (environment, shared config or role)") from None
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -93,7 +102,10 @@ class S3Store:
         """Store a bag: payload first, tag files after, `bagit.txt` last; skip what is stored already."""
         # one listing says which of the bag's objects exist; only those need a HEAD (a HEAD per object cost
         # more client CPU than the checksums)
-        listed = {entry["Key"] for entry in self.list_keys(f"{bag.name}/")}
+        try:
+            listed = {entry["Key"] for entry in self._through_outage(lambda: self.list_keys(f"{bag.name}/"))}
+        except _UNREACHABLE as exc:
+            raise BagUploadError(f"{self.uri}{bag.name}/: store unreachable: {_message(exc)}") from None
         inside = self.key(f"{bag.name}/")
 
         def put(path: Path, key: str, sha256: str, size: int) -> StoredObject:
@@ -102,6 +114,23 @@ class S3Store:
             return self._put(path, full, sha256, size, verify, known_absent=known_absent)
 
         return upload_bag_with(bag, self.uri, put)
+
+    def _through_outage(self, call: Callable[[], T]) -> T:
+        """Run `call`, waiting out an endpoint that cannot be reached (refused, reset, timed out) for up to
+        `outage_seconds` from the first failure, with exponential backoff; any other error is raised at once.
+        botocore's own retries (`max_attempts`) cover short blips; this covers a store restarting."""
+        deadline: float | None = None
+        delay = 1.0
+        while True:
+            try:
+                return call()
+            except _UNREACHABLE:
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.outage_seconds
+                if now + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # -- objects ----------------------------------------------------------------------------------------
 
@@ -129,7 +158,7 @@ class S3Store:
         problems = []
         for _ in range(3):
             try:
-                stored = self._send(path, key, sha256, size)
+                stored = self._through_outage(lambda: self._send(path, key, sha256, size))
             except botocore.exceptions.ClientError as exc:
                 raise BagUploadError(f"{uri}: {_message(exc)}") from None
             except (botocore.exceptions.BotoCoreError, OSError) as exc:
@@ -210,6 +239,14 @@ class S3Store:
             write(chunk)
         version: str | None = response.get("VersionId")
         return version
+
+
+_UNREACHABLE = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+)
 
 
 class _Md5Reader:

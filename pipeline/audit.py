@@ -506,7 +506,10 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
         if relpath not in listed:
             return ""
         chunks: list[bytes] = []
-        store.download(store.key(f"{bag}/{relpath}"), chunks.append)  # tag files only: small
+        try:
+            store.download(store.key(f"{bag}/{relpath}"), chunks.append)  # tag files only: small
+        except botocore.exceptions.FlexibleChecksumError as exc:
+            fail(relpath, "digest-mismatch", f"the bytes served differ from the store's own checksum: {exc}")
         return b"".join(chunks).decode("utf-8", errors="replace")
 
     # the fast audit needs only the sha256 manifests (the stored checksums are sha256); the full one all
@@ -561,11 +564,14 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
             for _, hasher in hashers:
                 hasher.update(block)
 
+        problems = []
         try:
             store.download(key, update, version_id=version)  # the very version whose checksum was read
         except botocore.exceptions.ClientError as exc:
             return version, [Failure(bag, relpath, "missing", f"{_message(exc)}{checked}", version)]
-        problems = []
+        except botocore.exceptions.FlexibleChecksumError as exc:  # every byte was hashed before this is known
+            detail = f"the bytes served differ from the store's own checksum: {exc}{checked}"
+            problems.append(Failure(bag, relpath, "digest-mismatch", detail, version))
         for algorithm, hasher in hashers:
             if hasher.hexdigest() != digests[algorithm]:
                 detail = f"object hashes to {algorithm} {hasher.hexdigest()}, manifest {digests[algorithm]}{checked}"

@@ -335,3 +335,49 @@ def test_the_full_s3_audit_checks_sha512_and_reads_each_object_once(moto_s3, fau
     assert [(f.file, f.kind) for f in full.failures] == [(big, "digest-mismatch")]
     assert "sha512" in full.failures[0].detail
     assert all(gets()[relpath] == 1 for relpath in payload)
+
+
+def test_s3_bag_whose_manifest_leaves_the_bag_is_hostile_and_nothing_outside_is_read(
+    moto_s3, fault_proxy, tmp_path: Path
+) -> None:
+    """A bag that comes back from storage naming `../../secret` or `/etc/passwd` in its manifest: both audits
+    report the entries as hostile and never ask the store for any key outside the bag."""
+    from pipeline.audit import audit_s3_bag
+
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=1)
+    store(moto_s3.endpoint_url).upload_bag(bag)
+    client = moto_s3.client()
+    hostile_lines = f"{'0' * 64}  data/../../secret\n{'0' * 64}  /etc/passwd\n".encode()
+    manifest = (bag / "manifest-sha256.txt").read_bytes() + hostile_lines  # edited where it is stored
+    client.put_object(Bucket=BUCKET, Key=f"bags/{bag.name}/manifest-sha256.txt", Body=manifest)
+    client.put_object(Bucket=BUCKET, Key="secret", Body=b"outside the bag")  # what ../../ would reach
+    client.put_object(Bucket=BUCKET, Key="bags/secret", Body=b"outside the bag")
+    through_proxy = store(fault_proxy.endpoint_url)
+    for full in (False, True):
+        fault_proxy.reset_stats()
+        audit = audit_s3_bag(through_proxy, bag.name, full=full)
+        hostile = {f.file for f in audit.failures if f.kind == "hostile"}
+        assert {"data/../../secret", "/etc/passwd"} <= hostile
+        touched = [e.path for e in fault_proxy.exchanges if e.method in ("GET", "HEAD")]
+        outside = [p for p in touched if f"/bags/{bag.name}/" not in p and "list-type" not in p]
+        assert outside == [], outside
+
+
+def test_bytes_that_differ_from_the_stores_own_checksum_are_a_failure_not_a_crash(moto_s3, tmp_path: Path) -> None:
+    """A store serving bytes that do not match the checksum it recorded (moto keeps whatever checksum it is
+    sent, as a damaged S3-compatible store might): botocore refuses the download, and the audit names the
+    file instead of stopping. Here a tag file edited after sealing is uploaded under its sealed checksum."""
+    from pipeline.audit import audit_s3_bag
+
+    moto_s3.make_bucket(BUCKET)
+    bag = make_bag(tmp_path, big_mib=1)
+    with (bag / "manifest-sha256.txt").open("a", encoding="utf-8") as manifest:
+        manifest.write("\n")  # the tag manifest (and so the checksum sent) still names the sealed bytes
+    s3 = store(moto_s3.endpoint_url)
+    s3.upload_bag(bag)
+    for full in (False, True):
+        audit = audit_s3_bag(s3, bag.name, full=full)
+        failures = {(f.file, f.kind) for f in audit.failures}
+        assert ("manifest-sha256.txt", "digest-mismatch") in failures, failures
+        assert any("store's own checksum" in f.detail for f in audit.failures)

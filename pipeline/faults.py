@@ -7,6 +7,7 @@ through a point that runs in a loop (after the n-th object uploaded, say), so th
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -23,3 +24,18 @@ def crashpoint(name: str) -> None:
     _passes[name] = _passes.get(name, 0) + 1
     if _passes[name] >= int(count or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def disk_full(name: str) -> None:
+    """`PRESERVE_ENOSPC_AT=<name>[:<n>]` makes the n-th write through this point fail as a full disk would,
+    for machines where a test cannot mount a small filesystem (tests/test_disk_full.py uses one where it can)."""
+    wanted = os.environ.get("PRESERVE_ENOSPC_AT")
+    if not wanted:
+        return
+    point, _, count = wanted.partition(":")
+    if point != name:
+        return
+    key = f"enospc:{name}"
+    _passes[key] = _passes.get(key, 0) + 1
+    if _passes[key] >= int(count or 1):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -27,7 +27,7 @@ import bagit
 
 from pipeline import __version__
 from pipeline.capture.warc import fsync_dir
-from pipeline.faults import crashpoint
+from pipeline.faults import crashpoint, disk_full
 from pipeline.ledger import Ledger
 from pipeline.manifest import encode, provenance
 from pipeline.manifest import write as write_manifest
@@ -261,6 +261,7 @@ def _copy_checked(file: PayloadFile, target: Path) -> None:
 
 
 def _write_synced(path: Path, content: bytes) -> None:
+    disk_full("bag-write")
     with path.open("xb") as handle:
         handle.write(content)
         handle.flush()

@@ -42,6 +42,7 @@ from typing import Any, BinaryIO, Self
 
 from warcio.statusandheaders import StatusAndHeaders, StatusAndHeadersParser
 
+from pipeline.faults import disk_full
 from pipeline.records import WarcRecord
 
 WARC_VERSION = "WARC/1.1"
@@ -235,6 +236,7 @@ class WarcFile:
         self._ensure_open()
         try:
             # a small file's bytes reach the disk only here, so this is where a full disk shows
+            disk_full("warc-close")
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except BaseException:

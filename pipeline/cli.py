@@ -378,6 +378,7 @@ def _audit_s3(spec: str, loaded: LoadedConfig, full: bool) -> list[Any]:
     """Audit every bag under an S3 prefix (or the one bag it names); each event is also stored in the bucket
     as its own object under `<prefix>/audit/<bag>/` (objects cannot be appended to)."""
     from pipeline.audit import audit_s3_bag, fixity_event
+    from pipeline.run import put_s3_audit_event
     from pipeline.store import StoreError, open_store
     from pipeline.store.s3 import S3Store
 
@@ -398,14 +399,7 @@ def _audit_s3(spec: str, loaded: LoadedConfig, full: bool) -> list[Any]:
     audits = []
     for bag in bags:
         audited = audit_s3_bag(store, bag, full=full)
-        event = fixity_event(audited, full)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        store.client.put_object(
-            Bucket=store.bucket,
-            Key=store.key(f"audit/{bag}/{stamp}.json"),
-            Body=json.dumps(event, ensure_ascii=False).encode("utf-8"),
-            ContentType="application/json",
-        )
+        put_s3_audit_event(store, bag, fixity_event(audited, full))
         audits.append(audited)
     return audits
 

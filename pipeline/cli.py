@@ -13,19 +13,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline import __version__
-from pipeline.config import ConfigError, LoadedConfig, load_config
-from pipeline.manifest import record_copies
-from pipeline.records import Capture, Link, Target, to_json
-from pipeline.resolve import Resolution, resolve
-from pipeline.run import LinkListing, list_links, new_run_id
-from pipeline.runrecord import RunRecord, read_run, write_run
+from pipeline.errors import DEFAULT_STATE_DIR, DEFAULT_STORE_DIR, ConfigError
+
+if TYPE_CHECKING:  # the rest is imported where it is used: `preserve audit BAG` needs none of it
+    from rich.console import Console
+
+    from pipeline.config import LoadedConfig
+    from pipeline.records import Capture, Target
+    from pipeline.resolve import Resolution
+    from pipeline.run import LinkListing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -128,6 +127,12 @@ def _documents(args: argparse.Namespace, loaded: LoadedConfig) -> list[Path] | N
 
 
 def _links(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.config import load_config
+    from pipeline.records import to_json
+    from pipeline.run import list_links
+
     loaded = load_config(args.config)
     paths = _documents(args, loaded)
     if paths is None:
@@ -152,6 +157,8 @@ def _report_problems(listing: LinkListing, stream: TextIO | None = None) -> int:
 
 
 def _print_table(targets: Sequence[Target], console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{len(targets)} targets", show_lines=False, expand=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("kind", no_wrap=True)
@@ -170,6 +177,7 @@ def _print_table(targets: Sequence[Target], console: Console) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
     from pipeline.run import RunError, RunOptions, batch_run
     from pipeline.runlog import RunLog
     from pipeline.runstate import RunLocked
@@ -196,7 +204,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _capture(args: argparse.Namespace) -> int:
     from pipeline.capture.batch import Capturer
+    from pipeline.config import load_config
     from pipeline.ledger import Ledger
+    from pipeline.records import Link, to_json
+    from pipeline.resolve import resolve
 
     loaded = load_config(args.config)
     links = [Link(source="command line", href=url, url=url, syntax="argument") for url in args.urls]
@@ -238,6 +249,9 @@ def _record_capture_run(
     captures: Sequence[Capture],
 ) -> Path:
     """A one-off capture's "document" is the command itself: what was asked, by whom, when."""
+    from pipeline.run import new_run_id
+    from pipeline.runrecord import RunRecord, write_run
+
     run_id = new_run_id(started)
     command = shlex.join(["preserve", "capture", *args.urls])
     operator = {**loaded.config.bag.operator, "user": getpass.getuser()}
@@ -259,9 +273,11 @@ def _record_capture_run(
 
 
 def _package(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
     from pipeline.ledger import Ledger
     from pipeline.package import PackageError
     from pipeline.run import package_recorded
+    from pipeline.runrecord import read_run
 
     loaded = load_config(args.config)
     try:
@@ -288,6 +304,8 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.manifest import record_copies
     from pipeline.store import StoreError, open_store
     from pipeline.store.base import BagUploadError
 
@@ -322,12 +340,26 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from pipeline.audit import append_events, audit_bags, find_bags, fixity_event, history
     from pipeline.store import StoreError
     from pipeline.store.base import BagUploadError
 
-    loaded = load_config(args.config)
-    local_log = loaded.output_path(loaded.config.output.state_dir) / "audit" / "fixity.jsonl"
+    loaded = None
+    stores: dict[str, Any] = {}
+    default_store = "local"
+    if args.config is None and not any(spec.startswith("s3://") for spec in args.targets):
+        # local bags and the default store need no config: the defaults, without importing pydantic
+        state_dir, store_root = Path.cwd() / DEFAULT_STATE_DIR, Path.cwd() / DEFAULT_STORE_DIR
+    else:
+        from pipeline.config import load_config
+
+        loaded = load_config(args.config)
+        cfg = loaded.config
+        state_dir, store_root = loaded.output_path(cfg.output.state_dir), loaded.output_path(cfg.output.store_dir)
+        stores, default_store = dict(cfg.stores), cfg.default_store
+    local_log = state_dir / "audit" / "fixity.jsonl"
     if args.history:
         events = history(local_log, Path(args.history).name)
         for event in events:
@@ -338,9 +370,9 @@ def _audit(args: argparse.Namespace) -> int:
         return EXIT_OK
     targets: list[tuple[Path, Path]] = []  # (bag, the store root whose audit/ log it goes into)
     s3_audits: list[Any] = []
-    for spec in args.targets or [loaded.config.default_store]:
-        stores = loaded.config.stores
+    for spec in args.targets or [default_store]:
         if spec.startswith("s3://") or (spec in stores and stores[spec].type == "s3"):
+            assert loaded is not None
             try:
                 s3_audits.extend(_audit_s3(spec, loaded, args.full))
             except (StoreError, BagUploadError) as exc:
@@ -349,7 +381,7 @@ def _audit(args: argparse.Namespace) -> int:
             continue
         if spec in stores or spec == "local":
             chosen = stores.get(spec)
-            root = loaded.output_path((chosen.path if chosen else None) or loaded.config.output.store_dir)
+            root = loaded.output_path(chosen.path) if loaded is not None and chosen and chosen.path else store_root
             root = root / chosen.prefix if chosen and chosen.prefix else root
         else:
             root = Path(spec)
@@ -405,6 +437,8 @@ def _audit_s3(spec: str, loaded: LoadedConfig, full: bool) -> list[Any]:
 
 
 def _print_audit(audits: Sequence[Any], console: Console) -> None:
+    from rich.table import Table
+
     kinds: dict[str, int] = {}
     for audited in audits:
         for failure in audited.failures:
@@ -440,6 +474,9 @@ def _print_captures(captures: Sequence[Capture], out_dir: Path) -> None:
 @contextmanager
 def _progress(total: int) -> Iterator[Callable[[Target, list[Capture]], None]]:
     """A rich progress bar on a terminal; one plain log line per target otherwise."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     if not sys.stderr.isatty():
         from pipeline.capture.batch import log_line
 

@@ -14,11 +14,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
+from pipeline.errors import DEFAULT_STATE_DIR, DEFAULT_STORE_DIR, ConfigError
 from pipeline.extract import DEFAULT_WIKI_BASE, DocumentSettings
 
-
-class ConfigError(Exception):
-    """A config that cannot be used; the message is one line naming the file and the key."""
+__all__ = ["ConfigError", "LoadedConfig", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -52,11 +51,11 @@ class BaseUrlRule(_Strict):
 
 
 class Output(_Strict):
-    state_dir: str = "state"
+    state_dir: str = DEFAULT_STATE_DIR
     runs_dir: str = "runs"
     manifests_dir: str = "archive_manifests"
     bags_dir: str = "bags"
-    store_dir: str = "store"
+    store_dir: str = DEFAULT_STORE_DIR
 
 
 class SiteHeaders(_Strict):

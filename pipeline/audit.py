@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import queue
+import stat
 import threading
 import zlib
 from collections import deque
@@ -417,16 +418,31 @@ def _check_provenance(bag: Path, listed: dict[str, dict[str, str]], result: BagA
     except (json.JSONDecodeError, UnicodeDecodeError, ManifestError) as exc:
         fail("data/provenance.json", "provenance", str(exc).splitlines()[0])
         return
+    sizes: dict[str, int] = {}  # what provenance.json says each file's size is: manifests carry no sizes
+    document = manifest.get("document") or {}
+    if isinstance(document.get("path_in_bag"), str) and isinstance(document.get("size"), int):
+        sizes[document["path_in_bag"]] = document["size"]
     for link in manifest.get("links", []):
         for capture in link.get("captures", []):
             for file in capture.get("files", []):
                 inside = file.get("path")
                 if not inside:
                     continue
+                if isinstance(file.get("size"), int):
+                    sizes[inside] = file["size"]
                 if inside not in listed:
                     fail(inside, "provenance", "named by provenance.json but in no manifest")
                 elif listed[inside].get("sha256", file["sha256"]) != file["sha256"]:
                     fail(inside, "provenance", "provenance.json and the manifest disagree on its sha256")
+    for inside, size in sorted(sizes.items()):
+        if inside not in listed or not _safe_relpath(inside):
+            continue
+        try:
+            found = os.lstat(bag / inside)
+        except OSError:
+            continue  # reported as missing already
+        if stat.S_ISREG(found.st_mode) and found.st_size != size:
+            fail(inside, "size-mismatch", f"{found.st_size} bytes, provenance.json says {size}")
 
 
 def _bag_info(bag: Path) -> dict[str, str]:

@@ -36,9 +36,14 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 body_length=len(body),
                 sha256=hashlib.sha256(body).hexdigest(),
             )
-    manifest = minimal_provenance("doc_20261124T000000Z")
+    document = payload_from_bytes("data/document/doc.md", b"# evidence\n" * 50)
+    # as package_document writes it: where the document is in the bag, and its size and digests
+    manifest = minimal_provenance(
+        "doc_20261124T000000Z",
+        {"path_in_bag": document.path, "size": document.size, "sha256": document.sha256, "sha512": document.sha512},
+    )
     files = [
-        payload_from_bytes("data/document/doc.md", b"# evidence\n" * 50),
+        document,
         payload_from_bytes("data/warc/a.warc.gz", warc_path.read_bytes()),
         payload_from_bytes("data/media/k/clip.mp4", os.urandom(30_000)),
         payload_from_bytes("data/provenance.json", encode(manifest)),
@@ -90,7 +95,11 @@ DAMAGE = {
     ),
     "truncate a file": (
         lambda b: (b / "data/document/doc.md").write_bytes(b"# evid"),
-        {("data/document/doc.md", "digest-mismatch"), ("bag-info.txt", "oxum-mismatch")},
+        {
+            ("data/document/doc.md", "digest-mismatch"),
+            ("data/document/doc.md", "size-mismatch"),
+            ("bag-info.txt", "oxum-mismatch"),
+        },
     ),
     "delete a file": (
         lambda b: (b / "data/media/k/clip.mp4").unlink(),

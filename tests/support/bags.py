@@ -7,14 +7,14 @@ from typing import Any
 from pipeline.manifest import provenance
 
 
-def minimal_provenance(bag: str) -> dict[str, Any]:
+def minimal_provenance(bag: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
     """A schema-valid provenance manifest of a document with no links, for bags built by hand in tests."""
     return provenance(
         bag=bag,
         run_id="run-1",
         config_digest="0" * 64,
         operator={},
-        document={"source": "doc.md", "id": "doc"},
+        document={"source": "doc.md", "id": "doc", **(document or {})},
         targets=[],
         captures=[],
         paths_in_bag={},

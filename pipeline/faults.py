@@ -14,28 +14,26 @@ import signal
 _passes: dict[str, int] = {}
 
 
-def crashpoint(name: str) -> None:
-    wanted = os.environ.get("PRESERVE_CRASH_AT")
+def _due(variable: str, name: str) -> bool:
+    """Whether `<variable>=<name>[:<n>]` asks for this pass through point `name` (the n-th, or the first)."""
+    wanted = os.environ.get(variable)
     if not wanted:
-        return
+        return False
     point, _, count = wanted.partition(":")
     if point != name:
-        return
-    _passes[name] = _passes.get(name, 0) + 1
-    if _passes[name] >= int(count or 1):
+        return False
+    key = f"{variable}:{name}"
+    _passes[key] = _passes.get(key, 0) + 1
+    return _passes[key] >= int(count or 1)
+
+
+def crashpoint(name: str) -> None:
+    if _due("PRESERVE_CRASH_AT", name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def disk_full(name: str) -> None:
     """`PRESERVE_ENOSPC_AT=<name>[:<n>]` makes the n-th write through this point fail as a full disk would,
     for machines where a test cannot mount a small filesystem (tests/test_disk_full.py uses one where it can)."""
-    wanted = os.environ.get("PRESERVE_ENOSPC_AT")
-    if not wanted:
-        return
-    point, _, count = wanted.partition(":")
-    if point != name:
-        return
-    key = f"enospc:{name}"
-    _passes[key] = _passes.get(key, 0) + 1
-    if _passes[key] >= int(count or 1):
+    if _due("PRESERVE_ENOSPC_AT", name):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import io
 import json
 import secrets
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -353,18 +353,15 @@ def _get_document(http: Any, url: str, limit: int) -> tuple[bytes, str, str]:
 
 def _decode(raw: bytes, encoding: str, limit: int, url: str) -> bytes:
     """Undo a gzip or deflate content coding, never inflating past the document size limit."""
-    from pipeline.capture.http import FetchError
+    from pipeline.capture.http import INFLATABLE, FetchError, inflate
 
     if encoding in ("", "identity"):
         return raw
-    if encoding not in ("gzip", "x-gzip", "deflate"):
+    if encoding not in INFLATABLE:
         raise FetchError(f"{url}: content coding {encoding!r} is not supported for documents", retryable=False)
-    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise FetchError(f"{url}: damaged {encoding} body: {exc}", retryable=False) from None
+    out, damage = inflate(io.BytesIO(raw), encoding, limit + 1)
+    if damage is not None:
+        raise FetchError(f"{url}: damaged {encoding} body: {damage}", retryable=False)
     if len(out) > limit:
         raise FetchError(f"{url}: the document inflates past the limit of {limit} bytes", retryable=False)
     return out

@@ -480,14 +480,12 @@ def _redact(headers: list[tuple[str, str]], sites: list[Any]) -> tuple[list[tupl
     return kept, tuple(dict.fromkeys(redacted))
 
 
-def _decoded_head(body: IO[bytes], encoding: str | None, limit: int) -> bytes:
-    """Up to `limit` bytes of the body as a reader sees it, for link discovery only (the WARC keeps the bytes
-    as sent). A gzip or deflate body is inflated no further than `limit`: a bomb costs nothing."""
-    coding = (encoding or "").strip().lower()
-    if coding in ("", "identity"):
-        return body.read(limit)
-    if coding not in ("gzip", "x-gzip", "deflate"):
-        return b""  # br, zstd, ...: not read for links
+INFLATABLE = ("gzip", "x-gzip", "deflate")
+
+
+def inflate(body: IO[bytes], coding: str, limit: int) -> tuple[bytes, str | None]:
+    """Up to `limit` bytes of a gzip or deflate body, inflated no further (a bomb costs nothing), and why it
+    stopped short when the body is damaged (None otherwise)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in coding else zlib.MAX_WBITS)
     out = bytearray()
     try:
@@ -495,9 +493,20 @@ def _decoded_head(body: IO[bytes], encoding: str | None, limit: int) -> bytes:
             out += inflater.decompress(chunk, limit - len(out))
             while len(out) < limit and inflater.unconsumed_tail:
                 out += inflater.decompress(inflater.unconsumed_tail, limit - len(out))
-    except zlib.error:
-        pass  # damaged: what inflated so far is still worth scanning
-    return bytes(out[:limit])
+    except zlib.error as exc:
+        return bytes(out[:limit]), str(exc)
+    return bytes(out[:limit]), None
+
+
+def _decoded_head(body: IO[bytes], encoding: str | None, limit: int) -> bytes:
+    """Up to `limit` bytes of the body as a reader sees it, for link discovery only (the WARC keeps the bytes
+    as sent)."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body.read(limit)
+    if coding not in INFLATABLE:
+        return b""  # br, zstd, ...: not read for links
+    return inflate(body, coding, limit)[0]  # damaged: what inflated so far is still worth scanning
 
 
 def _already_compressed(exchange: Exchange) -> bool:

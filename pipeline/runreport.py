@@ -126,8 +126,6 @@ def _status(target: Target, ledger: Ledger, state: RunState, this_run: set[tuple
     return {
         "outcome": outcome,
         "http_status": best.http_status,
-        "final_url": best.final_url,
-        "title": best.title,
         "size": size,
         "sha256": sha256,
         "captured": best.ended if best.outcome == "ok" else None,

@@ -35,6 +35,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def write_run(project: Path, urls: list[str], capture: str) -> list[str]:
+    """A document citing `urls` and a config for it; returns the command that runs it."""
+    (project / "documents").mkdir()
+    (project / "documents" / "d.md").write_text("\n".join(f"- <{u}>" for u in urls) + "\n", encoding="utf-8")
+    (project / "run.yaml").write_text(
+        "documents:\n  - path: documents/d.md\n"
+        "capture:\n  allow_private_addresses: true\n  per_host_rate: 1000\n  retries: 0\n  media: false\n" + capture,
+        encoding="utf-8",
+    )
+    return [sys.executable, "-m", "pipeline.cli", "run", "--config", "run.yaml"]
+
+
+def stored_warcs(project: Path) -> list[str]:
+    """The WARC files of every stored bag, each bag validated first."""
+    warcs = []
+    for bag in (p for p in (project / "store").iterdir() if (p / "bagit.txt").is_file()):
+        bagit.Bag(str(bag)).validate(processes=1)
+        warcs += [p.name for p in (bag / "data").rglob("*.warc.gz")]
+    return warcs
+
+
 def noise(h: SiteHandler) -> None:
     """400 kB that no compression shrinks."""
     seed = int(h.route.rsplit("/", 1)[1])
@@ -45,15 +66,7 @@ def test_disk_full_stops_cleanly_and_a_run_with_space_completes(small_disk: Path
     with LocalSite() as site:
         site.add_route("/noise/", noise, prefix=True)
         urls = [site.url(f"/noise/{i}") for i in range(6)]  # 2.4 MB of bodies for a 2 MiB disk
-        (small_disk / "documents").mkdir()
-        (small_disk / "documents" / "big.md").write_text("\n".join(f"- <{u}>" for u in urls) + "\n", encoding="utf-8")
-        (small_disk / "run.yaml").write_text(
-            "documents:\n  - path: documents/big.md\n"
-            "capture:\n  allow_private_addresses: true\n  per_host_rate: 1000\n  retries: 0\n  media: false\n"
-            "  retry_failed_after: 0s\n  warc_compresslevel: 0\n",
-            encoding="utf-8",
-        )
-        command = [sys.executable, "-m", "pipeline.cli", "run", "--config", "run.yaml"]
+        command = write_run(small_disk, urls, "  retry_failed_after: 0s\n  warc_compresslevel: 0\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         full = subprocess.run(command, cwd=small_disk, env=env, capture_output=True, text=True, timeout=120)
         assert full.returncode in (1, 2), full.stderr
@@ -67,13 +80,7 @@ def test_disk_full_stops_cleanly_and_a_run_with_space_completes(small_disk: Path
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         done = subprocess.run(command, cwd=small_disk, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    stored = [p for p in (small_disk / "store").iterdir() if (p / "bagit.txt").is_file()]
-    assert stored
-    warcs = []
-    for bag in stored:
-        bagit.Bag(str(bag)).validate(processes=1)
-        warcs += [p.name for p in (bag / "data").rglob("*.warc.gz")]
-    assert len(warcs) == len(urls)  # every target ends up in a stored bag, once
+    assert len(stored_warcs(small_disk)) == len(urls)  # every target ends up in a stored bag, once
     assert not [p for p in small_disk.rglob("*") if p.name.endswith((".part", ".building"))]
 
 
@@ -83,15 +90,7 @@ def test_injected_disk_full_while_writing_a_warc_or_a_bag(tmp_path: Path, point:
     a bag). The run stops that work with one line, and the next run completes everything exactly once."""
     with LocalSite() as site:
         urls = [site.url(f"/bytes/{1000 + i}") for i in range(8)]
-        (tmp_path / "documents").mkdir()
-        (tmp_path / "documents" / "d.md").write_text("\n".join(f"- <{u}>" for u in urls) + "\n", encoding="utf-8")
-        (tmp_path / "run.yaml").write_text(
-            "documents:\n  - path: documents/d.md\n"
-            "capture:\n  allow_private_addresses: true\n  per_host_rate: 1000\n  retries: 0\n  media: false\n"
-            "  workers: 1\n",
-            encoding="utf-8",
-        )
-        command = [sys.executable, "-m", "pipeline.cli", "run", "--config", "run.yaml"]
+        command = write_run(tmp_path, urls, "  workers: 1\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         full = subprocess.run(
             command, cwd=tmp_path, env={**env, "PRESERVE_ENOSPC_AT": point}, capture_output=True, text=True, timeout=120
@@ -101,9 +100,5 @@ def test_injected_disk_full_while_writing_a_warc_or_a_bag(tmp_path: Path, point:
         assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    stored = [p for p in (tmp_path / "store").iterdir() if (p / "bagit.txt").is_file()]
-    warcs = []
-    for bag in stored:
-        bagit.Bag(str(bag)).validate(processes=1)
-        warcs += [p.name for p in (bag / "data").rglob("*.warc.gz")]
+    warcs = stored_warcs(tmp_path)
     assert len(warcs) == len(set(warcs)) == len(urls)

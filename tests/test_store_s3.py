@@ -27,16 +27,8 @@ BUCKET = "archive"
 
 
 @pytest.fixture(autouse=True)
-def dummy_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """boto3's standard chain finds these (and no real configuration of this machine)."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    for name, value in s3_env("http://127.0.0.1:1").items():
-        if not name.startswith("AWS_ENDPOINT"):
-            monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+def dummy_credentials(dummy_aws: None) -> None:
+    """boto3's standard chain finds the dummy credentials (and no real configuration of this machine)."""
 
 
 def make_bag(tmp_path: Path, big_mib: int = 11) -> Path:

@@ -7,10 +7,11 @@ References in the same run, against the same local servers:
     .venv/bin/python bench/bench_capture.py [--pages 500] [--big-mib 1024] [--skip-big] [--skip-latency]
         [--rounds 2] [--group 16]
 
-The no-latency case is CPU-bound, so it runs in `--rounds` rounds, each with its own reference run; the
-`prototype` rows (`--group`, 0 for none) measure several targets per WARC file, which the pipeline does not
-do. Every run's output stays until the benchmark ends: deleting hundreds of files just before the next run
-makes ext4's inode allocator slow for that run's creates, a cost the single-file reference never pays.
+The no-latency case is CPU-bound, so it runs in `--rounds` rounds, each with its own reference run. Ours
+runs with `warc_group_targets=--group` (16, the default: small targets of a document share a WARC file),
+and, without latency, also with a WARC file per target (`warc_group_targets=1`). Every run's output stays
+until the benchmark ends: deleting hundreds of files just before the next run makes ext4's inode allocator
+slow for that run's creates, a cost the single-file reference never pays.
 
 Every process is this file with a `--role`: the LocalSite servers run in a process of their own, so their
 threads never compete for the GIL with the client being measured; the warcio loop runs in a child because
@@ -33,7 +34,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,16 +289,16 @@ class PagesRun:
     ok: int
 
 
-def capture_pages(urls: list[str], workers: int, out_dir: Path) -> PagesRun:
+def capture_pages(urls: list[str], workers: int, out_dir: Path, group: int = 16) -> PagesRun:
     """Ours, in this process (the servers live elsewhere): a fresh ledger, so nothing is skipped as held; the
-    output stays until the benchmark ends."""
+    output stays until the benchmark ends. `group` is `warc_group_targets` (1: a WARC file per target)."""
     from pipeline.capture.batch import Capturer
     from pipeline.config import CaptureSettings
     from pipeline.ledger import Ledger
     from pipeline.records import Link
     from pipeline.resolve import resolve
 
-    chosen = {"workers": workers, **PAGE_SETTINGS}
+    chosen = {"workers": workers, **PAGE_SETTINGS, "warc_group_targets": group}
     settings = CaptureSettings(**chosen)
     targets = resolve(Link(source="bench", href=url, url=url) for url in urls).targets
     assert len(targets) == len(urls)
@@ -307,57 +307,6 @@ def capture_pages(urls: list[str], workers: int, out_dir: Path) -> PagesRun:
         captures = Capturer(out_dir, settings, ledger, allow_private=True).run(targets)
     seconds = time.perf_counter() - start
     ok = sum(1 for c in captures if c.outcome == "ok")
-    return PagesRun(seconds, ok)
-
-
-def capture_pages_grouped(urls: list[str], workers: int, out_dir: Path, group: int) -> PagesRun:
-    """PROTOTYPE, not pipeline behaviour: what several targets per WARC file would reach.
-
-    The same fetcher, writer, ledger and settings as `capture_pages`, but `group` consecutive targets share
-    one WARC file (one warcinfo, one `.part` create, fsync and rename) written by one worker, and each
-    group's rows are committed together after the file's rename and the directory's fsync, as now. Only
-    the unit changes; what a bag would have to do with a shared file is the design question in
-    BENCHMARKS.md."""
-    from dataclasses import replace
-
-    from pipeline.capture.batch import SOFTWARE
-    from pipeline.capture.http import HttpFetcher
-    from pipeline.capture.warc import WarcFile, fsync_dir
-    from pipeline.config import CaptureSettings
-    from pipeline.ledger import Ledger
-    from pipeline.records import Capture, CapturedFile, Link, Target
-    from pipeline.resolve import resolve
-
-    settings = CaptureSettings(**{"workers": workers, **PAGE_SETTINGS})
-    targets = resolve(Link(source="bench", href=url, url=url) for url in urls).targets
-    start = time.perf_counter()
-    (out_dir / "warc").mkdir(parents=True)
-    http = HttpFetcher(settings, tmp_dir=out_dir / ".tmp", allow_private=True)
-
-    def one_group(number: int, members: list[Target]) -> list[Capture]:
-        name = f"warc/group-{number:05d}.warc.gz"
-        captures = []
-        info = {"operator-software": SOFTWARE, "description": "preserve capture (grouped prototype)"}
-        with WarcFile(out_dir / name, software=SOFTWARE, info=info, sync_dir=False) as warc:
-            for target in members:
-                captures.append(
-                    http.capture(target.url, canonical=target.canonical, kind=target.kind, warc=warc, warc_name=name)
-                )
-        assert warc.sha256 and warc.sha512
-        shared = CapturedFile(name, warc.size, warc.sha256, warc.sha512, "application/warc", "warc")
-        return [replace(capture, files=(shared,)) for capture in captures]
-
-    groups = [targets[i : i + group] for i in range(0, len(targets), group)]
-    ok = 0
-    with Ledger(out_dir / "ledger.sqlite") as ledger, ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = {pool.submit(one_group, n, members) for n, members in enumerate(groups)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            fsync_dir(out_dir / "warc")
-            finished = [c for future in done for c in future.result()]
-            ledger.record_many(finished)
-            ok += sum(1 for c in finished if c.outcome == "ok")
-    seconds = time.perf_counter() - start
     return PagesRun(seconds, ok)
 
 
@@ -388,7 +337,7 @@ def main() -> int:
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-latency", action="store_true", help="skip the 100 ms latency case")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the no-latency case, each with its reference")
-    parser.add_argument("--group", type=int, default=16, help="targets per WARC in the grouped prototype (0: off)")
+    parser.add_argument("--group", type=int, default=16, help="ours' warc_group_targets (the default config's 16)")
     parser.add_argument("--role", choices=["server", "loop", "big-ref", "big-ours"], help=argparse.SUPPRESS)
     parser.add_argument("--sites", type=int, default=HOSTS, help=argparse.SUPPRESS)
     parser.add_argument("--latency", type=float, default=LATENCY, help=argparse.SUPPRESS)
@@ -443,7 +392,7 @@ def bench(pages: int, big_mib: int, skip_big: bool, *, skip_latency: bool, round
     print(f"pages: {pages} over {HOSTS} LocalSite servers (hosts) on 127.0.0.1, /latency/<name>, round robin")
     shown = {"workers": 8, **PAGE_SETTINGS}
     print(f"ours' CaptureSettings (others default): {shown}; the workers=1 row differs only in workers")
-    print("the prototype rows are not pipeline behaviour: several targets share one WARC file and one commit")
+    print(f"ours groups up to {group} small targets per WARC file; the 'a WARC per target' row sets it to 1")
     print("aims: latency 100 ms ours >= 6x loop; latency 0 ours >= 0.8x loop; large body peak RSS < 150 MB")
     print()
     print(rows_table(rows))
@@ -459,7 +408,7 @@ def bench(pages: int, big_mib: int, skip_big: bool, *, skip_latency: bool, round
 def pages_round(
     label: str, urls: list[str], urls_file: Path, tmp: Path, latency: float, group: int, ratios: dict[str, list[float]]
 ) -> list[tuple[str, ...]]:
-    """The reference loop, then ours (8 workers; also 1 without latency; and the grouped prototype)."""
+    """The reference loop, then ours (8 workers; without latency also 1 worker, and 8 with a WARC per target)."""
     pages = len(urls)
     rows: list[tuple[str, ...]] = []
     note(f"{label}: reference loop over {pages} pages")
@@ -473,13 +422,13 @@ def pages_round(
     checks = f"statuses {ref['statuses']}, WARC {ref['warc_bytes'] / 1e6:.2f} MB"
     rows.append((label, "loop: requests.get in capture_http", f"{ref_s:.2f} s", f"{ref_rate:.1f} p/s", "1.00", checks))
     runs: list[tuple[str, Callable[[], PagesRun]]] = [
-        ("ours: Capturer workers=8", lambda: capture_pages(urls, 8, run_dir / "ours8")),
+        ("ours: Capturer workers=8", lambda: capture_pages(urls, 8, run_dir / "ours8", group)),
     ]
     if latency == 0:
-        runs.append(("ours: Capturer workers=1", lambda: capture_pages(urls, 1, run_dir / "ours1")))
+        runs.append(("ours: Capturer workers=1", lambda: capture_pages(urls, 1, run_dir / "ours1", group)))
         if group > 1:
-            what = f"prototype: {group} targets per WARC, workers=8"
-            runs.append((what, lambda: capture_pages_grouped(urls, 8, run_dir / "grouped", group)))
+            what = "ours: workers=8, a WARC per target"
+            runs.append((what, lambda: capture_pages(urls, 8, run_dir / "single", 1)))
     for what, run_it in runs:
         note(f"{label}: {what}")
         run = run_it()

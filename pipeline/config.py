@@ -120,6 +120,10 @@ class CaptureSettings(_Strict):
     retry_failed_after: str = Field("12h", pattern=r"^(never|\d+(\.\d+)?[smhd])$")
     user_agent: str = "preserve-pipeline/0.1 (archival capture of cited evidence)"
     warc_compresslevel: int = Field(6, ge=0, le=9)
+    # small targets of one document share a WARC file, published after this many targets or seconds
+    # (1: a WARC file per target); a crash loses at most the open groups, which the next run fetches again
+    warc_group_targets: int = Field(16, ge=1, le=10_000)
+    warc_group_seconds: float = Field(2.0, gt=0, le=3600)
     site_headers: list[SiteHeaders] = Field(default_factory=list)
 
     @field_validator("site_headers")

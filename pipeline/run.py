@@ -165,6 +165,10 @@ def _locked_run(
         raise RunError(f"{loaded.path or 'the built-in config'}: the config names no documents")
     ledger = Ledger(state_dir / "ledger.sqlite")
     state = RunState(state_dir / "runs.sqlite")
+    # a killed run's half-written reports and documents (the lock says no other run is writing them)
+    for leftover in (loaded.output_path(cfg.output.runs_dir), state_dir / "documents"):
+        for part in leftover.glob("*/*.part"):
+            part.unlink(missing_ok=True)
     try:
         capture_dir = state_dir / "captures"
         capturer = None if options.dry_run else Capturer(capture_dir, cfg.capture, ledger)

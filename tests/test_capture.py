@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,19 @@ def responses(warc: Path) -> dict[str, tuple[object, bytes]]:
                 uri = record.rec_headers.get_header("WARC-Target-URI")
                 found[uri] = (record, record.raw_stream.read())  # the payload as stored, not decoded
     return found
+
+
+def assert_cited(out: Path, captures: list) -> None:
+    """Every record a capture cites is found at its offset and length, with its id, type and URI."""
+    for capture in captures:
+        for cited in capture.warc_records:
+            with (out / cited.file).open("rb") as handle:
+                handle.seek(cited.offset)
+                raw = handle.read(cited.length)
+            (record,) = list(ArchiveIterator(io.BytesIO(raw)))  # exactly one whole record
+            assert record.rec_headers.get_header("WARC-Record-ID") == cited.record_id
+            assert record.rec_type == cited.record_type
+            assert (record.rec_headers.get_header("WARC-Target-URI") or "") == cited.target_uri
 
 
 def validate(warc: Path) -> str:
@@ -250,7 +265,49 @@ def test_a_rerun_skips_what_is_held_and_retries_what_failed(site, tmp_path: Path
     assert sorted((a.url, a.outcome) for a in attempts) == sorted(
         [(urls[0], "ok"), (urls[1], "failed"), (urls[1], "failed")]
     )
-    assert len(list((tmp_path / "warc").iterdir())) == 3
+    # one group file per run: the first holds both targets, the second the retried 404
+    files = sorted((tmp_path / "warc").iterdir())
+    assert len(files) == 2
+    assert {f.path for c in first for f in c.files} == {f"warc/{files[0].name}"}
+    assert set(responses(files[0])) == set(urls) and set(responses(files[1])) == {urls[1]}
+    assert_cited(tmp_path, first + second)
+
+
+def test_small_targets_share_group_files_and_a_large_one_has_its_own(site, tmp_path: Path) -> None:
+    pages = [site.url(f"/latency/g{i}") for i in range(5)]
+    noise = os.urandom(3 * 1024 * 1024)  # incompressible: over the 1 MiB a target's records may keep in memory
+    site.add_route("/noise", lambda h: h.respond(200, noise, "application/octet-stream"))
+    large = site.url("/noise")
+    captures = capture(tmp_path, [*pages, large], requisites=False, warc_group_targets=3)
+    assert [c.outcome for c in captures] == ["ok"] * 6
+    by_url = {c.url: c.files[0].path for c in captures}
+    groups = [by_url[u] for u in pages]
+    assert groups[0] == groups[1] == groups[2] != groups[3] == groups[4]  # three, then the rest at the end
+    assert by_url[large] not in groups and not by_url[large].startswith("warc/group-")
+    assert sorted(p.name for p in (tmp_path / "warc").iterdir()) == sorted({Path(n).name for n in by_url.values()})
+    for name in set(groups):
+        warc = tmp_path / name
+        validate(warc)
+        with warc.open("rb") as handle:
+            records = [(r, r.content_stream().read()) for r in ArchiveIterator(handle)]
+        infos = {
+            r.rec_headers.get_header("WARC-Record-ID"): (r, body) for r, body in records if r.rec_type == "warcinfo"
+        }
+        assert records[0][0].rec_type == "warcinfo" and len(infos) == groups.count(name)  # one per target
+        assert all(r.rec_headers.get_header("WARC-Filename") == warc.name for r, _ in infos.values())
+        part_of = {
+            r.rec_headers.get_header("WARC-Warcinfo-ID"): r.rec_headers.get_header("WARC-Target-URI")
+            for r, _ in records
+            if r.rec_type == "response"
+        }
+        assert set(part_of) == set(infos)  # each target's records name its own warcinfo, in the same file
+        for info_id, uri in part_of.items():
+            assert f"isPartOf: {uri}".encode() in infos[info_id][1]
+    assert_cited(tmp_path, captures)
+    # and a WARC file per target, when asked
+    one_each = capture(tmp_path / "single", pages, requisites=False, warc_group_targets=1)
+    assert len({c.files[0].path for c in one_each}) == 5 and len(list((tmp_path / "single" / "warc").iterdir())) == 5
+    assert_cited(tmp_path / "single", one_each)
 
 
 def test_per_host_politeness_holds(site, tmp_path: Path) -> None:
@@ -288,10 +345,12 @@ def test_video_page_gets_page_and_media_and_the_file_matches(site, mp4_file, tmp
     assert direct.files[0].role == "warc"
     warc = tmp_path / direct.files[0].path
     validate(warc)
-    assert responses(warc) == {}
+    assert site.url("/media/clip.mp4") not in responses(warc)
+    assert [r.record_type for r in direct.warc_records] == ["metadata"]
     with warc.open("rb") as handle:
         metadata = [r for r in ArchiveIterator(handle) if r.rec_type == "metadata"]
-    assert len(metadata) == 1
+    assert len(metadata) == 2  # the two targets share a group file: one record per media file
+    assert_cited(tmp_path, captures)
 
 
 def test_media_is_not_fetched_from_a_refused_address(site, tmp_path: Path) -> None:

@@ -93,12 +93,15 @@ class WarcFile:
         record_id_factory: Callable[[], str] | None = None,
         clock: Callable[[], datetime] | None = None,
         sync_dir: bool = True,
+        lazy: bool = False,
     ) -> None:
         """Create `<path>.part` and write the warcinfo record.
 
         `software` names the producer and its version (e.g. ``preserve-pipeline/0.1.0``); `info` adds or
         overrides warcinfo fields (`format` and `conformsTo` default to WARC 1.1). `sync_dir=False` leaves
-        the fsync of the directory (which makes the rename durable) to a caller that batches it. Refuses to start if
+        the fsync of the directory (which makes the rename durable) to a caller that batches it. `lazy=True`
+        creates `<path>.part` only once more than `PENDING_LIMIT` bytes are written: until then the records
+        live in memory and `take_segment` can hand them to a shared file instead. Refuses to start if
         `path` or `<path>.part` exists: the first is finished evidence, the second another (or a crashed)
         writer's.
         """
@@ -119,12 +122,19 @@ class WarcFile:
         self.size = 0
         # Kept open across calls (records are appended one by one); closed by close()/abort().
         # unbuffered: _HashingFile buffers appends itself (and an unbuffered open skips the isatty and seek calls)
-        self._fh = _HashingFile(open(self.part_path, "xb", buffering=0))  # noqa: SIM115
+        part_path = self.part_path
+        self._fh = _HashingFile(lambda: open(part_path, "xb", buffering=0))  # noqa: SIM115
         try:
+            if not lazy:
+                self._fh.open()
             fields = {"software": software, "format": WARC_FORMAT, "conformsTo": WARC_CONFORMS_TO}
             fields.update(info or {})
-            extra = [("WARC-Filename", self.path.name)]
-            self.warcinfo = self._write_fields_record("warcinfo", "", fields, None, extra)
+            self._info_body = warc_fields(fields)
+            self._info_id = self._new_id()
+            self._info_date = self._clock()
+            member = self._warcinfo_member(self.path.name)
+            self._fh.write(member)
+            self.warcinfo = RecordRef(self._info_id, "warcinfo", "", 0, len(member))
         except BaseException:
             self.abort()
             raise
@@ -229,6 +239,24 @@ class WarcFile:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
+    @property
+    def in_memory(self) -> bool:
+        """Nothing is on disk yet (a lazy file whose records all fit in memory)."""
+        return self._state == "open" and not self._fh.opened
+
+    def take_segment(self, file_name: str) -> tuple[bytes, int]:
+        """Hand the records over to another file, named `file_name`, instead of writing this one.
+
+        Returns the bytes (the warcinfo record rebuilt to name `file_name`, same id and date, then every
+        other record unchanged) and by how much the offsets of records after the warcinfo moved within them.
+        Only while `in_memory`; afterwards this file is done and creates nothing."""
+        if not self.in_memory:
+            raise ValueError(f"WARC file {self.path} is not held in memory")
+        data = self._fh.take()
+        self._state = "detached"
+        member = self._warcinfo_member(file_name)
+        return member + data[self.warcinfo.length :], len(member) - self.warcinfo.length
+
     def close(self) -> Path:
         """Make the file durable, then give it its final name: fsync file, rename, fsync directory."""
         if self._state == "closed":
@@ -260,10 +288,12 @@ class WarcFile:
         if self._state not in ("open", "failed"):
             return
         self._state = "aborted"
+        created = self._fh.opened  # a `.part` this writer did not create is another writer's: left alone
         try:
             self._fh.close()
         finally:
-            self.part_path.unlink(missing_ok=True)
+            if created:
+                self.part_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self
@@ -280,6 +310,25 @@ class WarcFile:
             self.abort()
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _warcinfo_member(self, file_name: str) -> bytes:
+        """The warcinfo record naming `file_name`; rebuilt with the same id and date when the records move."""
+        if not _RECORD_ID_RE.fullmatch(self._info_id):
+            raise ValueError(f"record_id_factory returned {self._info_id!r}, expected '<urn:...>'")
+        body = self._info_body
+        headers = [
+            ("WARC-Type", "warcinfo"),
+            ("WARC-Record-ID", self._info_id),
+            ("WARC-Date", warc_date(self._info_date)),
+            ("WARC-Filename", file_name),
+            ("Content-Type", "application/warc-fields"),
+        ]
+        _check_values(headers)
+        headers += [
+            ("Content-Length", str(len(body))),
+            ("WARC-Block-Digest", "sha256:" + hashlib.sha256(body).hexdigest()),
+        ]
+        return _small_member(_warc_head_bytes(headers), body, 6)
 
     def _ensure_open(self) -> None:
         if self._state != "open":
@@ -407,12 +456,7 @@ class WarcFile:
                 actual = hashlib.sha256(block).hexdigest()
                 if actual != expected:
                     raise ValueError(f"block digest given as {expected} but the block hashes to {actual}")
-                data = raw + block + _CRLF2
-                size = len(data)
-                trailer = struct.pack("<II", zlib.crc32(data), size & 0xFFFFFFFF)
-                compressor = _compressor(compresslevel, size)
-                deflated = compressor.compress(data) + compressor.flush(zlib.Z_FINISH)
-                fh.write(_gzip_header(compresslevel) + deflated + trailer)
+                fh.write(_small_member(raw, block, compresslevel))
                 return _ref(warc_headers, start, fh.tell())
             fh.write(_gzip_header(compresslevel))
             tail = _DeflateTail(fh, compresslevel)
@@ -486,8 +530,9 @@ class _HashingFile:
     anywhere else that is still in memory (a patched digest) is made there; one already written to the file
     (or a rolled-back record) makes the running digests unusable, and `sequential` says so."""
 
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
+    def __init__(self, opener: Callable[[], BinaryIO]) -> None:
+        self._opener = opener
+        self._raw: BinaryIO | None = None
         self.sha256 = hashlib.sha256()
         self.sha512 = hashlib.sha512()
         self.size = 0
@@ -510,11 +555,11 @@ class _HashingFile:
         else:
             self._drain()
             self.sequential = False
-            self._raw.seek(pos)
+            self._file().seek(pos)
             self._write_all(data)
             self.size = max(self.size, pos + length)
             self._flushed = self.size
-            self._raw.seek(self._flushed)
+            self._file().seek(self._flushed)
         self._pos = pos + length
         return length
 
@@ -533,10 +578,11 @@ class _HashingFile:
     def _write_all(self, data: bytes | bytearray) -> None:
         """An unbuffered write may be short: repeat until every byte is in the file."""
         view = memoryview(data)
+        raw = self._file()
         while view:
-            written = self._raw.write(view)
+            written = raw.write(view)
             if not written:
-                raise OSError(f"could not write to {getattr(self._raw, 'name', 'the WARC file')}")
+                raise OSError(f"could not write to {getattr(raw, 'name', 'the WARC file')}")
             view = view[written:]
 
     def tell(self) -> int:
@@ -553,22 +599,41 @@ class _HashingFile:
             del self._pending[self._pos - self._flushed :]
         else:
             self._drain()
-            self._raw.seek(self._pos)
-            self._raw.truncate()
+            self._file().seek(self._pos)
+            self._file().truncate()
             self._flushed = self._pos
         self.size = self._pos
         return self._pos
 
     def flush(self) -> None:
         self._drain()
-        self._raw.flush()
+        self._file().flush()
 
     def fileno(self) -> int:
-        return self._raw.fileno()
+        return self._file().fileno()
 
     def close(self) -> None:
         self._pending = bytearray()  # close() after flush() writes nothing more; abort() drops what is left
-        self._raw.close()
+        if self._raw is not None:
+            self._raw.close()
+
+    @property
+    def opened(self) -> bool:
+        return self._raw is not None
+
+    def open(self) -> None:
+        self._file()
+
+    def take(self) -> bytes:
+        """Everything written, when none of it reached a file; nothing more can be written."""
+        assert self._raw is None and self._flushed == 0
+        data, self._pending = bytes(self._pending), bytearray()
+        return data
+
+    def _file(self) -> BinaryIO:
+        if self._raw is None:
+            self._raw = self._opener()
+        return self._raw
 
 
 def warc_fields(fields: dict[str, str] | list[tuple[str, str]]) -> bytes:
@@ -672,6 +737,15 @@ def _read_exactly(body: BinaryIO, length: int) -> Iterable[bytes]:
         yield chunk
     if body.read(1):
         raise ValueError(f"body is longer than body_length={length}")
+
+
+def _small_member(warc_head: bytes, block: bytes, level: int) -> bytes:
+    """A whole record as one gzip member, deflated in one call."""
+    data = warc_head + block + _CRLF2
+    size = len(data)
+    trailer = struct.pack("<II", zlib.crc32(data), size & 0xFFFFFFFF)
+    compressor = _compressor(level, size)
+    return _gzip_header(level) + compressor.compress(data) + compressor.flush(zlib.Z_FINISH) + trailer
 
 
 def _gzip_header(level: int) -> bytes:

@@ -109,7 +109,7 @@ class WarcFile:
             raise ValueError("software must name the producing software and its version")
         self.path = Path(path)
         self.part_path = self.path.with_name(self.path.name + ".part")
-        if self.path.exists():
+        if not lazy and self.path.exists():  # a lazy file may never be created: `close` checks before renaming
             raise FileExistsError(f"refusing to overwrite finished WARC {self.path}")
         self._new_id = record_id_factory or StatusAndHeadersParser.make_warc_id
         self._clock = clock or _utc_now
@@ -328,7 +328,9 @@ class WarcFile:
             ("Content-Length", str(len(body))),
             ("WARC-Block-Digest", "sha256:" + hashlib.sha256(body).hexdigest()),
         ]
-        return _small_member(_warc_head_bytes(headers), body, 6)
+        # stored, not deflated: a few hundred bytes, built once per target and again when its records join a
+        # group file, where setting up deflate took longer than the rest of the record (BENCHMARKS.md)
+        return _small_member(_warc_head_bytes(headers), body, 0)
 
     def _ensure_open(self) -> None:
         if self._state != "open":
@@ -744,6 +746,8 @@ def _small_member(warc_head: bytes, block: bytes, level: int) -> bytes:
     data = warc_head + block + _CRLF2
     size = len(data)
     trailer = struct.pack("<II", zlib.crc32(data), size & 0xFFFFFFFF)
+    if level == 0 and size <= 0xFFFF:  # one final stored block: no deflate state to set up at all
+        return _gzip_header(0) + struct.pack("<BHH", 1, size, size ^ 0xFFFF) + data + trailer
     compressor = _compressor(level, size)
     return _gzip_header(level) + compressor.compress(data) + compressor.flush(zlib.Z_FINISH) + trailer
 

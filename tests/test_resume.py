@@ -68,3 +68,41 @@ def test_killed_run_resumes_and_captures_everything_exactly_once(site, tmp_path:
         assert check.returncode == 0, name
     for url in captured_first:  # what the first run held was not fetched again
         assert site.hits(url.split(str(site.port), 1)[1]) == 1
+
+
+def test_killed_after_a_group_file_is_published_but_before_its_rows(site, tmp_path: Path) -> None:
+    """The window a group file opens: renamed into place, its targets not yet in the ledger. The next run
+    removes the file (no row names it) and captures those targets again, each exactly once in the end."""
+    urls = [site.url(f"/latency/group-{i}") for i in range(15)]
+    config = tmp_path / "capture.yaml"
+    config.write_text(
+        "capture:\n  workers: 1\n  per_host_rate: 1000\n  warc_group_targets: 5\n"
+        "  allow_private_addresses: true\n  requisites: false\n  media: false\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline.cli", "capture", *urls, "--config", str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(command, env={**env, "PRESERVE_CRASH_AT": "warc-group-published:2"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    with Ledger(out / "ledger.sqlite") as ledger:
+        first = ledger.attempts()
+        referenced = ledger.referenced_paths()
+    assert len(first) == 5 and all(a.outcome == "ok" for a in first)  # the first group only
+    published = {p.relative_to(out).as_posix() for p in (out / "warc").iterdir()}
+    assert len(published) == 2 and len(referenced) == 1  # the second group is on disk, named by no row
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    with Ledger(out / "ledger.sqlite") as ledger:
+        attempts = ledger.attempts()
+        referenced = ledger.referenced_paths()
+    assert sorted(a.url for a in attempts) == sorted(urls) and all(a.outcome == "ok" for a in attempts)
+    assert {p.relative_to(out).as_posix() for p in (out / "warc").iterdir()} == referenced
+    hits = [site.hits(f"/latency/group-{i}") for i in range(15)]
+    assert hits[:5] == [1] * 5  # the committed group was not fetched again
+    assert hits[5:10] == [2] * 5  # the lost group's targets were
+    assert all(h in (1, 2) for h in hits[10:]) and sum(hits[10:]) <= 5 + 2  # at most 2 x workers were in flight
+    for name in referenced:
+        check = subprocess.run([sys.executable, "-m", "warcio.cli", "check", str(out / name)], capture_output=True)
+        assert check.returncode == 0, name

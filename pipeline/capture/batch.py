@@ -30,6 +30,7 @@ from pipeline.capture.guard import BlockedAddress, Resolver
 from pipeline.capture.http import DISK_FULL, HttpFetcher, tool_versions
 from pipeline.capture.warc import WarcFile, fsync_dir
 from pipeline.config import CaptureSettings
+from pipeline.faults import crashpoint
 from pipeline.ledger import Ledger
 from pipeline.records import Capture, CapturedFile, Target, target_key
 from pipeline.resolve import EXTENSIONS
@@ -328,9 +329,11 @@ class _Groups:
     def _close(self, source: str) -> list[Member]:
         group = self.open.pop(source)
         try:
-            return group.close()
+            members = group.close()
         except OSError as exc:
             raise GroupLost(exc, [i for i, _ in group.members]) from exc
+        crashpoint("warc-group-published")  # renamed, its rows not yet committed: the next run sweeps it
+        return members
 
 
 def _first_source(target: Target) -> str:

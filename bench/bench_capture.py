@@ -99,12 +99,12 @@ def role_loop(urls_file: str, warc_path: str) -> int:
 
     urls: list[str] = json.loads(Path(urls_file).read_text())
     statuses: Counter[int] = Counter()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with warcio.capture_http.capture_http(warc_path):
         for url in urls:
             statuses[requests.get(url, timeout=30).status_code] += 1
-    seconds = time.perf_counter() - start
-    _emit({"seconds": seconds, "statuses": dict(statuses), "warc_bytes": Path(warc_path).stat().st_size})
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    _emit({"seconds": seconds, "cpu": cpu, "statuses": dict(statuses), "warc_bytes": Path(warc_path).stat().st_size})
     return 0
 
 
@@ -287,6 +287,7 @@ class PagesRun:
 
     seconds: float
     ok: int
+    cpu: float  # CPU seconds of the whole process (every thread) during the run
 
 
 def capture_pages(urls: list[str], workers: int, out_dir: Path, group: int = 16) -> PagesRun:
@@ -302,12 +303,12 @@ def capture_pages(urls: list[str], workers: int, out_dir: Path, group: int = 16)
     settings = CaptureSettings(**chosen)
     targets = resolve(Link(source="bench", href=url, url=url) for url in urls).targets
     assert len(targets) == len(urls)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with Ledger(out_dir / "ledger.sqlite") as ledger:
         captures = Capturer(out_dir, settings, ledger, allow_private=True).run(targets)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     ok = sum(1 for c in captures if c.outcome == "ok")
-    return PagesRun(seconds, ok)
+    return PagesRun(seconds, ok, cpu)
 
 
 def loop_pages(urls_file: Path, out_dir: Path) -> tuple[float, dict[str, Any]]:
@@ -419,7 +420,9 @@ def pages_round(
     run_dir.mkdir()
     ref_s, ref = loop_pages(urls_file, run_dir / "loop")
     ref_rate = pages / ref_s
-    checks = f"statuses {ref['statuses']}, WARC {ref['warc_bytes'] / 1e6:.2f} MB"
+    checks = (
+        f"statuses {ref['statuses']}, WARC {ref['warc_bytes'] / 1e6:.2f} MB, CPU {ref['cpu'] * 1e3 / pages:.2f} ms/p"
+    )
     rows.append((label, "loop: requests.get in capture_http", f"{ref_s:.2f} s", f"{ref_rate:.1f} p/s", "1.00", checks))
     runs: list[tuple[str, Callable[[], PagesRun]]] = [
         ("ours: Capturer workers=8", lambda: capture_pages(urls, 8, run_dir / "ours8", group)),
@@ -436,7 +439,14 @@ def pages_round(
         if latency == 0:
             ratios.setdefault(what, []).append(rate / ref_rate)
         rows.append(
-            (label, what, f"{run.seconds:.2f} s", f"{rate:.1f} p/s", f"{rate / ref_rate:.2f}", f"ok {run.ok}/{pages}")
+            (
+                label,
+                what,
+                f"{run.seconds:.2f} s",
+                f"{rate:.1f} p/s",
+                f"{rate / ref_rate:.2f}",
+                f"ok {run.ok}/{pages}, CPU {run.cpu * 1e3 / pages:.2f} ms/p",
+            )
         )
     return rows
 

@@ -153,7 +153,8 @@ class Capturer:
                     finished += [(i, [_failed(targets[i], "http", reason)]) for i in group_lost.indices]
                 # everything that finished meanwhile is committed in one transaction: one disk sync for all,
                 # after the directory holding the renamed WARC files is synced (once, not once per file)
-                fsync_dir(self.out_dir / "warc")
+                if finished:
+                    fsync_dir(self.out_dir / "warc")
                 recorded = [c for _, caps in finished for c in caps if c.outcome != "skipped"]
                 self.ledger.record_many(recorded)
                 held_keys.update((c.canonical, c.fetcher) for c in recorded if c.outcome == "ok")

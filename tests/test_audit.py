@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.audit import FANOUT_MIN, audit_bag, audit_bags, warc_members_complete
+from pipeline import audit
+from pipeline.audit import FANOUT_MIN, GzipMembers, audit_bag, audit_bags, feed, hash_file, warc_members_complete
 from pipeline.capture.warc import WarcFile
 from pipeline.manifest import encode
 from pipeline.package import build_bag, payload_from_bytes
@@ -228,6 +229,52 @@ def test_large_files_take_the_threaded_path_and_every_check_still_sees_every_byt
         ("data/warc/big.warc.gz", "warc-truncated"),
         ("bag-info.txt", "oxum-mismatch"),
     }
+
+
+def test_the_ring_of_buffers_reuses_a_buffer_only_once_every_check_is_done_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small buffers, so a large file goes round the ring many times: every digest and the gzip member check
+    still see every byte in order; a check that fails is raised, never a reader left waiting; a FIFO in a
+    file's place is refused at once."""
+    import gzip
+
+    monkeypatch.setattr(audit, "BLOCK", 64 << 10)
+    monkeypatch.setattr(audit, "RING", 2)
+    data = os.urandom(FANOUT_MIN + 12345)
+    (tmp_path / "big.bin").write_bytes(data)
+    algorithms = ["sha256", "sha512", "md5"]
+    assert hash_file(tmp_path / "big.bin", algorithms) == (
+        {a: hashlib.new(a, data).hexdigest() for a in algorithms},
+        len(data),
+    )
+
+    member = gzip.compress(os.urandom(300_000), compresslevel=1)
+    warc = member * (FANOUT_MIN // len(member) + 2)
+    for name, content in [("whole.warc.gz", warc), ("cut.warc.gz", warc[:-1000])]:
+        (tmp_path / name).write_bytes(content)
+        check, sha256 = GzipMembers(), hashlib.sha256()
+        assert feed(tmp_path / name, [sha256, check]) == len(content)
+        assert sha256.hexdigest() == hashlib.sha256(content).hexdigest()
+        if content == warc:
+            assert check.result() is None and check.members == len(warc) // len(member)
+        else:
+            assert check.result() == f"gzip member {len(warc) // len(member)} is cut short"
+
+    class Failing:
+        def __init__(self) -> None:
+            self.blocks = 0
+
+        def update(self, block: bytes | memoryview) -> None:
+            self.blocks += 1
+            if self.blocks == 3:
+                raise ValueError("third block")
+
+    with pytest.raises(ValueError, match="third block"):
+        feed(tmp_path / "big.bin", [hashlib.sha256(), Failing()])
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        feed(tmp_path / "fifo", [hashlib.sha256()])
 
 
 def test_warc_member_check() -> None:

@@ -40,7 +40,7 @@ import sys
 import threading
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -471,15 +471,33 @@ def _check_provenance(bag: Path, listed: dict[str, dict[str, str]], result: BagA
     if not path.is_file() or path.is_symlink():
         result.notes.append("no provenance.json (a bag from another tool?)")
         return
+
+    def size_of(inside: str) -> int | None:
+        try:
+            found = os.lstat(bag / inside)
+        except OSError:
+            return None  # reported as missing already
+        return found.st_size if stat.S_ISREG(found.st_mode) else None
+
+    for problem in provenance_problems(path.read_bytes(), listed, size_of):
+        fail(*problem)
+
+
+def provenance_problems(
+    raw: bytes, listed: dict[str, dict[str, str]], size_of: Callable[[str], int | None]
+) -> list[tuple[str, str, str]]:
+    """What a provenance manifest says that the bag contradicts, as (file, kind, detail): its schema, files
+    it names that no manifest lists or lists with another sha256, and files whose size (`size_of`, None
+    when unknown) differs from the size it records (manifests carry no sizes)."""
     from pipeline.manifest import ManifestError, validate
 
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
         validate(manifest)
     except (json.JSONDecodeError, UnicodeDecodeError, ManifestError) as exc:
-        fail("data/provenance.json", "provenance", str(exc).splitlines()[0])
-        return
-    sizes: dict[str, int] = {}  # what provenance.json says each file's size is: manifests carry no sizes
+        return [("data/provenance.json", "provenance", str(exc).splitlines()[0])]
+    problems: list[tuple[str, str, str]] = []
+    sizes: dict[str, int] = {}
     document = manifest.get("document") or {}
     if isinstance(document.get("path_in_bag"), str) and isinstance(document.get("size"), int):
         sizes[document["path_in_bag"]] = document["size"]
@@ -492,18 +510,16 @@ def _check_provenance(bag: Path, listed: dict[str, dict[str, str]], result: BagA
                 if isinstance(file.get("size"), int):
                     sizes[inside] = file["size"]
                 if inside not in listed:
-                    fail(inside, "provenance", "named by provenance.json but in no manifest")
+                    problems.append((inside, "provenance", "named by provenance.json but in no manifest"))
                 elif listed[inside].get("sha256", file["sha256"]) != file["sha256"]:
-                    fail(inside, "provenance", "provenance.json and the manifest disagree on its sha256")
+                    problems.append((inside, "provenance", "provenance.json and the manifest disagree on its sha256"))
     for inside, size in sorted(sizes.items()):
         if inside not in listed or not _safe_relpath(inside):
             continue
-        try:
-            found = os.lstat(bag / inside)
-        except OSError:
-            continue  # reported as missing already
-        if stat.S_ISREG(found.st_mode) and found.st_size != size:
-            fail(inside, "size-mismatch", f"{found.st_size} bytes, provenance.json says {size}")
+        found = size_of(inside)
+        if found is not None and found != size:
+            problems.append((inside, "size-mismatch", f"{found} bytes, provenance.json says {size}"))
+    return problems
 
 
 def _bag_info(bag: Path) -> dict[str, str]:
@@ -560,11 +576,15 @@ def history(log: Path, bag: str) -> list[dict[str, Any]]:
 S3_JOBS = 8  # objects checked at once in object storage: the wait is the network's, not the CPU's
 
 
+PROVENANCE = "data/provenance.json"
+
+
 def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) -> BagAudit:
     """Audit one bag in object storage, `jobs` objects at a time. Fast: presence, sizes against
     Payload-Oxum, and each object's stored checksum (or its sha256 metadata) against the manifest, with no
     payload byte downloaded. Full: also every object streamed once through the digests of every manifest
-    (sha256 and sha512), nothing written to disk. In a versioned bucket the version of each object checked
+    (sha256 and sha512), nothing written to disk, and the provenance manifest checked as for a local bag
+    (schema, files it names, each file's size). In a versioned bucket the version of each object checked
     is recorded (`versions`, and on each failure), and a full audit reads exactly the version it checked."""
     import botocore.exceptions
 
@@ -620,6 +640,8 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
         else:
             work.append((relpath, digests, kind))
 
+    provenance_blocks: list[bytes] = []
+
     def check(item: tuple[str, dict[str, str], str]) -> tuple[str | None, list[Failure]]:
         relpath, digests, kind = item
         key = store.key(f"{bag}/{relpath}")
@@ -636,10 +658,13 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
         if not full:
             return version, []
         hashers = [(a, hashlib.new(a)) for a in digests]
+        keep = provenance_blocks if relpath == PROVENANCE else None  # read once: hashed, then checked
 
         def update(block: bytes) -> None:
             for _, hasher in hashers:
                 hasher.update(block)
+            if keep is not None:
+                keep.append(block)
 
         problems = []
         try:
@@ -662,6 +687,15 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
             result.failures.extend(problems)
     if result.versions:
         result.notes.append(f"versioned bucket: the version checked of each of {len(result.versions)} objects is kept")
+    if full and provenance_blocks:  # its sizes per file: a fast audit downloads no payload byte, so only here
+
+        def size_of(inside: str) -> int | None:
+            return listed[inside]["Size"] if inside in listed else None
+
+        for relpath, kind, detail in provenance_problems(b"".join(provenance_blocks), expected, size_of):
+            fail(relpath, kind, detail)
+    elif full and PROVENANCE not in listed:
+        result.notes.append("no provenance.json (a bag from another tool?)")
     if expected:  # with no manifest (an upload cut short), every object would look unexpected: say nothing
         for relpath in listed:
             if relpath.startswith("data/") and relpath not in expected:

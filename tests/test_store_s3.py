@@ -16,9 +16,11 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from pipeline.manifest import encode
 from pipeline.package import build_bag, payload_from_bytes
 from pipeline.store.base import BagUploadError, bag_files
 from pipeline.store.s3 import S3Store
+from tests.support.bags import minimal_provenance
 from tests.support.s3 import s3_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,13 +34,20 @@ def dummy_credentials(dummy_aws: None) -> None:
 
 
 def make_bag(tmp_path: Path, big_mib: int = 11) -> Path:
+    name = "doc_20261124T000000Z"
+    document = payload_from_bytes("data/document/doc.md", b"# evidence\n")
+    # as package_document writes it: where the document is in the bag, and its size and digests
+    manifest = minimal_provenance(
+        name,
+        {"path_in_bag": document.path, "size": document.size, "sha256": document.sha256, "sha512": document.sha512},
+    )
     files = [
-        payload_from_bytes("data/document/doc.md", b"# evidence\n"),
+        document,
         payload_from_bytes("data/warc/a.warc.gz", os.urandom(300_000)),
         payload_from_bytes("data/media/k/clip [x] حارم.mp4", os.urandom(big_mib * MIB)),
-        payload_from_bytes("data/provenance.json", b'{"bag": "doc"}\n'),
+        payload_from_bytes("data/provenance.json", encode(manifest)),
     ]
-    return build_bag(tmp_path / "bags", "doc_20261124T000000Z", files, [("Source-Organization", "test")]).path
+    return build_bag(tmp_path / "bags", name, files, [("Source-Organization", "test")]).path
 
 
 def store(endpoint: str, **kwargs) -> S3Store:
@@ -73,7 +82,8 @@ def test_bag_uploads_and_every_object_comes_back_as_bagged(moto_s3, fault_proxy,
     assert all("/data/" in p for p in puts[:3])
     # the bag's provenance beside it and under archive_manifests/
     for key in (f"bags/{bag.name}.provenance.json", f"bags/archive_manifests/{bag.name}.json"):
-        assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b'{"bag": "doc"}\n'
+        stored = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert stored == (bag / "data" / "provenance.json").read_bytes()
 
 
 def test_a_second_upload_sends_zero_bytes(moto_s3, fault_proxy, tmp_path: Path) -> None:
@@ -206,6 +216,13 @@ def test_s3_audit_fast_and_full_name_each_damage(moto_s3, tmp_path: Path) -> Non
         ("data/extra.bin", "unexpected"),
         ("bag-info.txt", "oxum-mismatch"),
     }
+    # the full audit also holds each file to the size provenance.json records for it
+    client.put_object(Bucket=BUCKET, Key=prefix + "data/document/doc.md", Body=b"# evid")  # cut short
+    full = {(f.file, f.kind) for f in audit_s3_bag(s3, bag.name, full=True).failures}
+    assert ("data/document/doc.md", "size-mismatch") in full and ("data/document/doc.md", "digest-mismatch") in full
+    assert ("data/document/doc.md", "size-mismatch") not in {
+        (f.file, f.kind) for f in audit_s3_bag(s3, bag.name).failures
+    }  # the fast audit downloads no payload byte, provenance.json included: the stored checksum names it
     client.delete_object(Bucket=BUCKET, Key=prefix + "bagit.txt")  # as an interrupted upload leaves it
     kinds = {f.kind for f in audit_s3_bag(s3, bag.name).failures}
     assert "incomplete-upload" in kinds

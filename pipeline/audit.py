@@ -579,6 +579,29 @@ S3_JOBS = 8  # objects checked at once in object storage: the wait is the networ
 PROVENANCE = "data/provenance.json"
 
 
+def _digest_failures(
+    bag: str,
+    relpath: str,
+    kind: str,
+    hashers: list[tuple[str, Any]],
+    digests: dict[str, str],
+    checked: str,
+    version: str | None,
+) -> list[Failure]:
+    """One failure per digest of an object that disagrees with its manifest."""
+    return [
+        Failure(
+            bag,
+            relpath,
+            kind,
+            f"object hashes to {algorithm} {hasher.hexdigest()}, manifest {digests[algorithm]}{checked}",
+            version,
+        )
+        for algorithm, hasher in hashers
+        if hasher.hexdigest() != digests[algorithm]
+    ]
+
+
 def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) -> BagAudit:
     """Audit one bag in object storage, `jobs` objects at a time. Fast: presence, sizes against
     Payload-Oxum, and each object's stored checksum (or its sha256 metadata) against the manifest, with no
@@ -599,15 +622,20 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
     if "bagit.txt" not in listed:
         fail("bagit.txt", "incomplete-upload", "no bagit.txt: the bag was never completely stored")
 
+    fetched: dict[str, tuple[str | None, bytes]] = {}  # tag files read for their text: (version, bytes)
+
     def text(relpath: str) -> str:
         if relpath not in listed:
             return ""
-        chunks: list[bytes] = []
-        try:
-            store.download(store.key(f"{bag}/{relpath}"), chunks.append)  # tag files only: small
-        except botocore.exceptions.FlexibleChecksumError as exc:
-            fail(relpath, "digest-mismatch", f"the bytes served differ from the store's own checksum: {exc}")
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        if relpath not in fetched:
+            chunks: list[bytes] = []
+            try:
+                version = store.download(store.key(f"{bag}/{relpath}"), chunks.append)  # tag files only: small
+            except botocore.exceptions.FlexibleChecksumError as exc:
+                fail(relpath, "digest-mismatch", f"the bytes served differ from the store's own checksum: {exc}")
+                version = "unusable"  # never hashed from here: the full audit reads it again
+            fetched[relpath] = (version, b"".join(chunks))
+        return fetched[relpath][1].decode("utf-8", errors="replace")
 
     # the fast audit needs only the sha256 manifests (the stored checksums are sha256); the full one all
     algorithms = []
@@ -628,6 +656,7 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
             if relpath not in expected:
                 tag_expected.setdefault(relpath, {})[algorithm] = digest
 
+    bag_info = text("bag-info.txt")  # read before the objects are: a full audit hashes these bytes, once
     work: list[tuple[str, dict[str, str], str]] = []
     for relpath, digests, kind in [
         *((r, d, "digest-mismatch") for r, d in expected.items()),
@@ -667,6 +696,10 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
                 keep.append(block)
 
         problems = []
+        read_before = fetched.get(relpath)
+        if read_before is not None and read_before[0] == version:  # a tag file already read for its text
+            update(read_before[1])
+            return version, _digest_failures(bag, relpath, kind, hashers, digests, checked, version)
         try:
             store.download(key, update, version_id=version)  # the very version whose checksum was read
         except botocore.exceptions.ClientError as exc:
@@ -674,11 +707,7 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
         except botocore.exceptions.FlexibleChecksumError as exc:  # every byte was hashed before this is known
             detail = f"the bytes served differ from the store's own checksum: {exc}{checked}"
             problems.append(Failure(bag, relpath, "digest-mismatch", detail, version))
-        for algorithm, hasher in hashers:
-            if hasher.hexdigest() != digests[algorithm]:
-                detail = f"object hashes to {algorithm} {hasher.hexdigest()}, manifest {digests[algorithm]}{checked}"
-                problems.append(Failure(bag, relpath, kind, detail, version))
-        return version, problems
+        return version, problems + _digest_failures(bag, relpath, kind, hashers, digests, checked, version)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for (relpath, _, _), (version, problems) in zip(work, pool.map(check, work), strict=True):
@@ -701,7 +730,7 @@ def audit_s3_bag(store: Any, bag: str, full: bool = False, jobs: int = S3_JOBS) 
             if relpath.startswith("data/") and relpath not in expected:
                 fail(relpath, "unexpected", "in data/ but in no payload manifest")
     oxum = None
-    for line in text("bag-info.txt").splitlines():
+    for line in bag_info.splitlines():
         if line.startswith("Payload-Oxum:"):
             oxum = line.split(":", 1)[1].strip()
     data = [entry for relpath, entry in listed.items() if relpath.startswith("data/")]

@@ -62,12 +62,14 @@ class WarcGroup:
         try:
             disk_full("warc-close")
             os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            if self.path.exists():
+                raise FileExistsError(f"{self.path} appeared while writing")
+            os.replace(self.part_path, self.path)
         except BaseException:
             self.abort()
             raise
-        os.close(self._fd)
-        self._fd = -1
-        os.replace(self.part_path, self.path)
         file = CapturedFile(
             self.name, self.size, self._sha256.hexdigest(), self._sha512.hexdigest(), "application/warc", "warc"
         )

@@ -123,7 +123,7 @@ class CaptureSettings(_Strict):
     # small targets of one document share a WARC file, published after this many targets or seconds
     # (1: a WARC file per target); a crash loses at most the open groups, which the next run fetches again
     warc_group_targets: int = Field(16, ge=1, le=10_000)
-    warc_group_seconds: float = Field(2.0, gt=0, le=3600)
+    warc_group_seconds: float = Field(10.0, gt=0, le=3600)
     site_headers: list[SiteHeaders] = Field(default_factory=list)
 
     @field_validator("site_headers")

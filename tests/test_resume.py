@@ -26,18 +26,23 @@ def ok_rows(db: Path) -> int:
         return 0
 
 
+def capture_command(tmp_path: Path, urls: list[str], out: Path, settings: str) -> tuple[list[str], dict[str, str]]:
+    """`preserve capture URLS --out OUT` with a config of `settings` (YAML lines under `capture:`), and its env."""
+    config = tmp_path / "capture.yaml"
+    config.write_text(
+        "capture:\n" + settings + "  per_host_rate: 1000\n  allow_private_addresses: true\n  requisites: false\n"
+        "  media: false\n",
+        encoding="utf-8",
+    )
+    command = [sys.executable, "-m", "pipeline.cli", "capture", *urls, "--config", str(config), "--out", str(out)]
+    return command, {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def test_killed_run_resumes_and_captures_everything_exactly_once(site, tmp_path: Path) -> None:
     site.latency = 0.15
     urls = [site.url(f"/latency/{i}") for i in range(30)]
-    config = tmp_path / "capture.yaml"
-    config.write_text(
-        "capture:\n  workers: 3\n  per_host_concurrency: 3\n  per_host_rate: 1000\n"
-        "  allow_private_addresses: true\n  requisites: false\n  media: false\n",
-        encoding="utf-8",
-    )
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "capture", *urls, "--config", str(config), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command, env = capture_command(tmp_path, urls, out, "  workers: 3\n  per_host_concurrency: 3\n")
 
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -74,15 +79,8 @@ def test_killed_after_a_group_file_is_published_but_before_its_rows(site, tmp_pa
     """The window a group file opens: renamed into place, its targets not yet in the ledger. The next run
     removes the file (no row names it) and captures those targets again, each exactly once in the end."""
     urls = [site.url(f"/latency/group-{i}") for i in range(15)]
-    config = tmp_path / "capture.yaml"
-    config.write_text(
-        "capture:\n  workers: 1\n  per_host_rate: 1000\n  warc_group_targets: 5\n"
-        "  allow_private_addresses: true\n  requisites: false\n  media: false\n",
-        encoding="utf-8",
-    )
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "capture", *urls, "--config", str(config), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command, env = capture_command(tmp_path, urls, out, "  workers: 1\n  warc_group_targets: 5\n")
     killed = subprocess.run(command, env={**env, "PRESERVE_CRASH_AT": "warc-group-published:2"}, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     with Ledger(out / "ledger.sqlite") as ledger:

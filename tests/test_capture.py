@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -351,6 +353,54 @@ def test_video_page_gets_page_and_media_and_the_file_matches(site, mp4_file, tmp
         metadata = [r for r in ArchiveIterator(handle) if r.rec_type == "metadata"]
     assert len(metadata) == 2  # the two targets share a group file: one record per media file
     assert_cited(tmp_path, captures)
+
+
+def test_yt_dlp_connections_are_held_to_the_address_policy(site, mp4_file, tmp_path: Path) -> None:
+    """yt-dlp opens its own connections: a page on an allowed address whose video sits on another loopback
+    address. Allowed by name, the video is downloaded; otherwise yt-dlp's connect is refused, the page is
+    still captured, and the other address never sees a request."""
+    clip = mp4_file.read_bytes()
+    hits: list[str] = []
+
+    class Clip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(clip)))
+            self.end_headers()
+            self.wfile.write(clip)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.2", 0), Clip)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    try:
+        video = f"http://127.0.0.2:{elsewhere.server_port}/clip.mp4"
+        page = (
+            f'<html><head><title>Elsewhere</title><meta property="og:video" content="{video}">'
+            '<meta property="og:video:type" content="video/mp4"></head>'
+            f'<body><video src="{video}"></video></body></html>'
+        )
+        site.add_route("/video-elsewhere.html", lambda h: h.respond(200, page.encode(), "text/html; charset=utf-8"))
+        for networks, outcome in ((["127.0.0.1/32"], "failed"), (["127.0.0.0/8"], "ok")):
+            out = tmp_path / outcome
+            policy = {"allow_private_addresses": False, "allowed_networks": networks}
+            captured = capture(out, [site.url("/video-elsewhere.html")], media=True, requisites=False, **policy)
+            by_fetcher = {c.fetcher: c for c in captured}
+            assert by_fetcher["http"].outcome == "ok"
+            media = by_fetcher["media"]
+            assert media.outcome == outcome, media.error
+            if outcome == "failed":
+                assert media.error.startswith("refused to connect to 127.0.0.2 (loopback address)")
+                assert not media.retryable and hits == []
+        assert hits and all(h == "/clip.mp4" for h in hits)  # reached only when allowed
+        (video_file,) = [f for f in media.files if f.role == "media"]
+        assert hashlib.sha256((out / video_file.path).read_bytes()).hexdigest() == hashlib.sha256(clip).hexdigest()
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
 
 
 def test_media_is_not_fetched_from_a_refused_address(site, tmp_path: Path) -> None:

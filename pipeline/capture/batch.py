@@ -264,6 +264,7 @@ class Capturer:
                     warc=warc,
                     warc_name=warc_name,
                     page_url=target.url,
+                    policy=self.http.policy,
                 )
             )
 

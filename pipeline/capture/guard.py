@@ -4,14 +4,22 @@ addresses (a server-side request forgery guard).
 The check runs on the address actually connected to, inside the HTTP connection itself, for every hop:
 a redirect to `http://169.254.169.254/` or a public-looking name that resolves to 127.0.0.1 is refused
 at connect time, and there is no second DNS lookup for a rebinding attack to exploit.
+
+yt-dlp opens its own connections (its extractors, its redirects, a CDN the page points to), through
+handlers of its own. `connections_checked` holds them to the same policy: an audit hook (PEP 578) sees
+every `socket.connect` of the process, and refuses those of a thread running under a policy whose address
+that policy does not permit. Connections of processes yt-dlp starts (ffmpeg fetching a protocol yt-dlp
+does not download itself, such as RTMP or RTSP) are outside its reach.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +87,55 @@ class AddressPolicy:
                 "permits it"
             )
         return allowed
+
+
+class RefusedConnection(ConnectionRefusedError):
+    """A connect the policy refused, raised inside `socket.connect`: an OSError, so a library that opened
+    the socket (yt-dlp) reports it as the connection error it is."""
+
+
+_checked = threading.local()  # the policy this thread's connections are held to, if any
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _connect_hook(event: str, args: tuple[Any, ...]) -> None:
+    if event != "socket.connect":
+        return
+    policy: AddressPolicy | None = getattr(_checked, "policy", None)
+    if policy is None:
+        return
+    sock, address = args
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+        return
+    host = str(address[0])
+    if not policy.permits(host):
+        _checked.refused = (
+            f"refused to connect to {host} ({refusal(host) or 'not allowed'} address); allow_private_addresses "
+            "or --allow-private permits it"
+        )
+        raise RefusedConnection(_checked.refused)
+
+
+def refused_in_this_thread() -> str | None:
+    """The latest connection `connections_checked` refused in this thread's current block, if any."""
+    return getattr(_checked, "refused", None)
+
+
+@contextmanager
+def connections_checked(policy: AddressPolicy) -> Iterator[None]:
+    """Hold every connection this thread opens, by any library, to `policy` while the block runs."""
+    global _hook_installed
+    with _hook_lock:
+        if not _hook_installed:
+            sys.addaudithook(_connect_hook)  # for the life of the process; inert in threads without a policy
+            _hook_installed = True
+    previous = getattr(_checked, "policy", None)
+    _checked.policy, _checked.refused = policy, None
+    try:
+        yield
+    finally:
+        _checked.policy = previous
 
 
 def _is_ip(host: str) -> bool:

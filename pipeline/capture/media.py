@@ -9,6 +9,7 @@ a media file is read a second time: `WarcFile.write_resource` needs the payload 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -28,6 +29,7 @@ from yt_dlp.networking.exceptions import CertificateVerifyError, HTTPError, Tran
 from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 from yt_dlp.utils import ContentTooShortError, GeoRestrictedError, UnsupportedError, YoutubeDLError
 
+from pipeline.capture.guard import AddressPolicy, connections_checked, refused_in_this_thread
 from pipeline.capture.warc import WarcFile, as_warc_record
 from pipeline.records import Capture, CapturedFile, WarcRecord, target_key
 
@@ -167,11 +169,13 @@ def capture_media(
     warc: WarcFile | None = None,
     warc_name: str | None = None,
     page_url: str | None = None,
+    policy: AddressPolicy | None = None,
 ) -> Capture:
     """Download `url` with yt-dlp into `out_dir/media/<target_key(canonical)>/` and describe the result.
 
     Never raises for download problems (they become `outcome="failed"` with a one-line `error`); only
-    programming errors propagate. The `.part` directory is removed on every unsuccessful path.
+    programming errors propagate. The `.part` directory is removed on every unsuccessful path. With
+    `policy`, every connection yt-dlp opens is held to it (`guard.connections_checked`).
     """
     started = _now()
     key = target_key(canonical)
@@ -203,7 +207,7 @@ def capture_media(
     try:
         _remove(part_dir)  # a stale .part is a crashed run's leftover, never evidence
         part_dir.mkdir(parents=True)
-        info, ffmpeg = _download(url, part_dir, settings, collector)
+        info, ffmpeg = _download(url, part_dir, settings, collector, policy)
         tools = _tool_versions(info, ffmpeg)
         files, media = _collect_files(info, part_dir, key, collector)
         captured, warc_records = _hash_and_archive(
@@ -259,6 +263,7 @@ def _ydl_options(settings: MediaSettings, part_dir: Path, logger: _Collector) ->
         "writeautomaticsub": False,
         "subtitleslangs": ["all", "-live_chat"],  # every uploaded subtitle; live chat is a replay, not a subtitle
         "noplaylist": True,
+        "concurrent_fragment_downloads": 1,  # fragments in this thread, where the address guard holds
         "socket_timeout": settings.socket_timeout,
         "retries": settings.retries,
         "fragment_retries": settings.retries,
@@ -277,16 +282,23 @@ def _ydl_options(settings: MediaSettings, part_dir: Path, logger: _Collector) ->
     return options
 
 
-def _download(url: str, part_dir: Path, settings: MediaSettings, collector: _Collector) -> tuple[dict[str, Any], str]:
+def _download(
+    url: str, part_dir: Path, settings: MediaSettings, collector: _Collector, policy: AddressPolicy | None = None
+) -> tuple[dict[str, Any], str]:
     """Run yt-dlp; return its info dict and the ffmpeg version it found (or "absent").
 
-    yt-dlp's failures become `_CaptureFailed` carrying yt-dlp's own message.
+    yt-dlp's failures become `_CaptureFailed` carrying yt-dlp's own message (or the address guard's, when
+    it refused one of yt-dlp's connections: never retried).
     """
+    checked = connections_checked(policy) if policy is not None else contextlib.nullcontext()
     try:
-        with yt_dlp.YoutubeDL(_ydl_options(settings, part_dir, collector)) as ydl:
+        with checked, yt_dlp.YoutubeDL(_ydl_options(settings, part_dir, collector)) as ydl:
             info = ydl.extract_info(url, download=True)
             ffmpeg = FFmpegPostProcessor.get_versions(ydl).get("ffmpeg")
     except YoutubeDLError as exc:
+        refused = refused_in_this_thread() if policy is not None else None
+        if refused is not None:
+            raise _CaptureFailed(refused, False) from exc
         raise _CaptureFailed(_error_message(exc), _is_retryable(exc)) from exc
     if not info:
         raise _CaptureFailed(collector.errors[-1] if collector.errors else "yt-dlp returned no information", False)

@@ -170,17 +170,6 @@ class Capturer:
             raise OSError(disk_full.errno, f"{disk_full.strerror}{where}, while capturing") from None
         return [c for i in sorted(results) for c in results[i]]
 
-    def capture_target(self, target: Target, held: dict[str, Capture | None] | None = None) -> list[Capture]:
-        """All captures one target needs (the page or file, and its media), into one WARC file of its own.
-
-        `held` maps each fetcher to the capture the ledger already holds; without it the ledger is asked."""
-        if held is None:
-            recapture = self.settings.recapture_seconds()
-            held = {f: self.ledger.held(target.canonical, f, recapture) for f in ("http", "media")}
-        captures, in_memory = self._capture_unit(target, held, False)
-        assert in_memory is None
-        return captures
-
     def _capture_unit(self, target: Target, held: dict[str, Capture | None], group: bool) -> Unit:
         """The target's captures; with `group`, a WARC that stayed small is handed back still in memory."""
         media = self.wants_media(target)

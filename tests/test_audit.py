@@ -18,7 +18,7 @@ from pipeline.audit import FANOUT_MIN, GzipMembers, audit_bag, audit_bags, feed,
 from pipeline.capture.warc import WarcFile
 from pipeline.manifest import encode
 from pipeline.package import build_bag, payload_from_bytes
-from tests.support.bags import minimal_provenance
+from tests.support.bags import document_provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,11 +38,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 sha256=hashlib.sha256(body).hexdigest(),
             )
     document = payload_from_bytes("data/document/doc.md", b"# evidence\n" * 50)
-    # as package_document writes it: where the document is in the bag, and its size and digests
-    manifest = minimal_provenance(
-        "doc_20261124T000000Z",
-        {"path_in_bag": document.path, "size": document.size, "sha256": document.sha256, "sha512": document.sha512},
-    )
+    manifest = document_provenance("doc_20261124T000000Z", document)
     files = [
         document,
         payload_from_bytes("data/warc/a.warc.gz", warc_path.read_bytes()),

@@ -20,7 +20,7 @@ from pipeline.manifest import encode
 from pipeline.package import build_bag, payload_from_bytes
 from pipeline.store.base import BagUploadError, bag_files
 from pipeline.store.s3 import S3Store
-from tests.support.bags import minimal_provenance
+from tests.support.bags import document_provenance
 from tests.support.s3 import s3_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,11 +36,7 @@ def dummy_credentials(dummy_aws: None) -> None:
 def make_bag(tmp_path: Path, big_mib: int = 11) -> Path:
     name = "doc_20261124T000000Z"
     document = payload_from_bytes("data/document/doc.md", b"# evidence\n")
-    # as package_document writes it: where the document is in the bag, and its size and digests
-    manifest = minimal_provenance(
-        name,
-        {"path_in_bag": document.path, "size": document.size, "sha256": document.sha256, "sha512": document.sha512},
-    )
+    manifest = document_provenance(name, document)
     files = [
         document,
         payload_from_bytes("data/warc/a.warc.gz", os.urandom(300_000)),

@@ -68,18 +68,26 @@ QUIET = 0.2  # CPU seconds other processes may use during a run that counts towa
 # -- bags (untimed) -----------------------------------------------------------------------------------------
 
 
+def _kept(bag: Path, source: Path) -> bool:
+    """True when a previous run left `bag` complete; otherwise its directory is cleared and `source` made
+    empty, ready for the files of a new one."""
+    if (bag / "bagit.txt").is_file():
+        return True
+    shutil.rmtree(bag.parent, ignore_errors=True)
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    return False
+
+
 def build_local_bag(work: Path, big_mib: int, small: int) -> Path:
     """The bag of the local cases, reused when a previous run left it complete."""
     from pipeline.package import PayloadFile, build_bag
 
     bags = work / f"bags-{big_mib}m-{small}"
     bag = bags / BAG_NAME
-    if (bag / "bagit.txt").is_file():
-        return bag
-    shutil.rmtree(bags, ignore_errors=True)
     source = work / "source"
-    shutil.rmtree(source, ignore_errors=True)
-    source.mkdir(parents=True)
+    if _kept(bag, source):
+        return bag
     video = source / "video.mp4"
     block = os.urandom(MIB)
     sha256, sha512 = hashlib.sha256(), hashlib.sha512()
@@ -118,12 +126,9 @@ def build_s3_bag(work: Path, objects: int) -> Path:
 
     bags = work / f"s3-bags-{objects}"
     bag = bags / S3_BAG
-    if (bag / "bagit.txt").is_file():
-        return bag
-    shutil.rmtree(bags, ignore_errors=True)
     source = work / "s3-source"
-    shutil.rmtree(source, ignore_errors=True)
-    source.mkdir(parents=True)
+    if _kept(bag, source):
+        return bag
     build_bag(
         bags, S3_BAG, small_files(source, objects, "data/media/{:05d}.jpg", False), [("Source-Organization", "b")]
     )
